@@ -1,0 +1,1 @@
+"""LightningDataModules for genlit: toy 2-D distributions and image datasets."""

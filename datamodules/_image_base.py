@@ -1,0 +1,256 @@
+"""The shared machinery of the image datamodules: arguments, splits, loaders, both paths.
+
+Subclasses in :mod:`datamodules.images` say where a split comes from and how it is resized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms as T
+
+from datamodules._inmemory import DeviceCache, IndexBatch, IndexDataset, decode_uint8, keep_batch
+
+
+def _reason(err: BaseException) -> str:
+    # torchvision's messages span lines (one per mirror); the error must stay one line.
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+class ImageDataModule(LightningDataModule):
+    """Base class: splits, loaders, the in-memory path and argument checks for image datasets.
+
+    Subclasses say where a split comes from (``_open``) and how its PIL images are resized
+    (``_spatial``); everything else is shared.
+
+    Args:
+        root: Directory holding the dataset in torchvision's layout (downloads go there too).
+        download: Download the dataset into ``root`` when it is missing (needs network access).
+        image_size: Height and width of the returned images, in pixels.
+        batch_size: Images per batch.
+        num_workers: DataLoader worker processes for ``in_memory=False``; with
+            ``in_memory=True`` they only speed up the one-off decode at setup.
+        val_fraction: Fraction of the training split held out for validation, chosen with
+            ``seed``; 0 disables validation.
+        seed: Seed for the validation split and the training shuffle order.
+        in_memory: Decode the whole split once into a uint8 tensor on the device and gather
+            batches there, instead of decoding images per batch in DataLoader workers.
+    """
+
+    dataset_name: ClassVar[str] = "images"
+    native_channels: ClassVar[int] = 3
+    native_size: ClassVar[int | None] = None
+    downloadable: ClassVar[bool] = True
+    official_test_split: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = True,
+        image_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        in_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+        self.root = root
+        self.download = download
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.in_memory = in_memory
+        self._image_size = image_size
+        self._channels = self.native_channels
+        self._cache = DeviceCache()
+        self._datasets: dict[str, Dataset] = {}  # source split -> float dataset (in_memory=False)
+        self._splits: dict[str, tuple[str, Tensor]] = {}  # split -> (source, positions)
+
+    @property
+    def channels(self) -> int:
+        """Image channels C: 1 for grayscale, 3 for RGB."""
+        return self._channels
+
+    @property
+    def image_size(self) -> int:
+        """Image height and width H = W."""
+        return self._image_size
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """Shape of one image, (C, H, W)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def has_test_split(self) -> bool:
+        """Whether a separate test split exists; without one, testing uses validation."""
+        return self.official_test_split
+
+    # --- what subclasses provide -------------------------------------------------------------
+
+    def _open(self, source: str, transform: Any) -> Dataset:
+        """The torchvision dataset of ``source`` ("train" or "test"), else DatasetNotFoundError."""
+        raise NotImplementedError
+
+    def _spatial(self) -> list[Any]:
+        """PIL transforms applied before tensor conversion (resize, crop, channel conversion)."""
+        if self.image_size == self.native_size:
+            return []
+        return [T.Resize(self.image_size)]
+
+    def _native(self, dataset: Dataset) -> tuple[Tensor, Tensor] | None:
+        """The dataset's own uint8 array as (N, C, H, W) and labels, skipping PIL, or None."""
+        return None
+
+    def _missing(self, folder: Path, expected: Sequence[str], err: BaseException | None) -> str:
+        """One-line message for a dataset that is absent: where, what, and how to fix it."""
+        if not self.downloadable:
+            fix = "check the path"
+        elif self.download:
+            fix = "copy them there, or retry with network access"
+        else:
+            fix = "copy them there, or set download=True (data.download=true) with network access"
+        reason = f" ({_reason(err)})" if err is not None else ""
+        return f"{self.dataset_name} not found in {folder}: expected {', '.join(expected)}; {fix}{reason}"
+
+    # --- Lightning hooks ---------------------------------------------------------------------
+
+    def _sources(self) -> list[str]:
+        return ["train", "test"] if self.has_test_split else ["train"]
+
+    def prepare_data(self) -> None:
+        """Downloads missing files; Lightning runs this on one process per node before setup."""
+        if self.download and self.downloadable:
+            for source in self._sources():
+                self._open(source, transform=None)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the splits ``stage`` needs and carves the validation split out of "train"."""
+        if stage in (None, "fit", "validate") or not self.has_test_split:
+            self._setup_train()
+        if stage in (None, "test"):
+            self._setup_test()
+
+    def _setup_train(self) -> None:
+        if "train" in self._splits:
+            return
+        n = self._load("train")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        n_val = round(n * self.val_fraction)
+        if self.val_fraction > 0:
+            n_val = min(max(n_val, 1), n - 1)
+        self._splits["val"] = ("train", perm[:n_val].sort().values)
+        self._splits["train"] = ("train", perm[n_val:].sort().values)
+
+    def _setup_test(self) -> None:
+        if "test" in self._splits:
+            return
+        if self.has_test_split:
+            self._splits["test"] = ("test", torch.arange(self._load("test")))
+        elif len(self._splits["val"][1]) > 0:
+            # No official test split: testing reuses the held-out validation images.
+            self._splits["test"] = self._splits["val"]
+        else:
+            raise ValueError(
+                f"{self.dataset_name} has no official test split; set val_fraction > 0 to hold "
+                "one out (testing then uses the validation split)"
+            )
+
+    def _load(self, source: str) -> int:
+        """Opens ``source`` for the chosen path and returns its number of images."""
+        if not self.in_memory:
+            dataset = self._open(source, self._float_transform())
+            self._datasets[source] = dataset
+            return len(dataset)
+        dataset = self._open(source, self._uint8_transform())
+        arrays = self._native(dataset) if not self._spatial() else None
+        images, labels = arrays if arrays is not None else decode_uint8(dataset, self.num_workers)
+        self._cache.add(source, images, labels)
+        return len(images)
+
+    def _uint8_transform(self) -> T.Compose:
+        return T.Compose([*self._spatial(), T.PILToTensor()])
+
+    def _float_transform(self) -> T.Compose:
+        half = [0.5] * self.channels
+        return T.Compose([*self._spatial(), T.ToTensor(), T.Normalize(half, half)])
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self._splits:
+            raise RuntimeError(f"{split} split of {self.dataset_name} is not set up; call setup()")
+        source, positions = self._splits[split]
+        # A seeded generator makes the shuffle order a function of `seed`, epoch after epoch.
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        common = dict(batch_size=self.batch_size, shuffle=train, drop_last=train)
+        if self.in_memory:
+            indices = IndexDataset(source, positions)
+            return DataLoader(indices, generator=generator, collate_fn=keep_batch, **common)
+        dataset = Subset(self._datasets[source], positions.tolist())
+        return DataLoader(
+            dataset,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **common,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches, last incomplete batch dropped."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in a fixed order; ``[]`` (validation off) when val_fraction is 0."""
+        if "val" in self._splits and len(self._splits["val"][1]) == 0:
+            return []
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Official test split in a fixed order (the validation split where none exists)."""
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Turns an in-memory index batch, already on the device, into ``(images, labels)``.
+
+        Args:
+            batch: An :class:`~datamodules._inmemory.IndexBatch` (in-memory path) or an
+                ``(images, labels)`` batch, which passes through unchanged.
+            dataloader_idx: Index of the dataloader the batch came from (unused).
+        """
+        if isinstance(batch, IndexBatch):
+            return self.gather(batch.indices, batch.source)
+        return batch
+
+    def gather(self, indices: Tensor, source: str = "train") -> tuple[Tensor, Tensor]:
+        """Images and labels at positions of a resident split, on ``indices.device``.
+
+        Args:
+            indices: int64 positions into the source split, shape (B,); move them to the
+                target device first, the split is copied there once on first use.
+            source: "train" (which also holds the validation images) or "test".
+
+        Returns:
+            ``(images, labels)``: float32 (B, C, H, W) in [-1, 1] and int64 (B,).
+        """
+        return self._cache.gather(source, indices)
+
+    def teardown(self, stage: str) -> None:
+        """Frees the device copies of the in-memory splits; the CPU copies stay for reuse."""
+        self._cache.release_devices()

@@ -1,0 +1,3 @@
+"""genlit: a Lightning experiment framework for generative models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,6 @@
+"""Callbacks that talk to ``GenerativeModel`` only: metrics, pictures, reports."""
+
+from genlit.callbacks.summary import RunSummary
+from genlit.callbacks.toy import ModeCoverage, ScatterPlot
+
+__all__ = ["ModeCoverage", "RunSummary", "ScatterPlot"]

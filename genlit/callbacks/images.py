@@ -1,0 +1,35 @@
+"""Where pictures go: a PNG under the run directory, and whichever logger takes images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+
+def run_dir(trainer: Trainer) -> Path:
+    """The directory of the current run: the logger's version folder, or the trainer's root."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def send_image(trainer: Trainer, key: str, path: Path) -> None:
+    """Sends the PNG at ``path`` to every logger that takes images, under ``key``.
+
+    A tracker failure never stops training: it becomes a warning.
+    """
+    image: np.ndarray | None = None
+    for logger in trainer.loggers:
+        try:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                if image is None:
+                    from PIL import Image
+
+                    image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3)
+                logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
+        except Exception as err:  # noqa: BLE001 - the tracker must never end a run
+            rank_zero_warn(f"could not send {key} to {type(logger).__name__}: {err}")

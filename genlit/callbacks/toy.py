@@ -1,0 +1,93 @@
+"""Callbacks for 2-D toy data: mode coverage metrics and scatter plots of samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from genlit.callbacks.images import run_dir, send_image
+from genlit.metrics.modes import mode_statistics
+
+
+def _due(trainer: Trainer, every_n_epochs: int) -> bool:
+    if trainer.sanity_checking:
+        return False
+    last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+    return (trainer.current_epoch + 1) % every_n_epochs == 0 or last or trainer.should_stop
+
+
+class ModeCoverage(Callback):
+    """Logs ``val/modes``, ``val/high_quality`` and ``val/kl_modes`` of the model's samples.
+
+    Needs a datamodule with discrete modes (``centers`` and ``std``, like ``GaussianRing`` and
+    ``GaussianGrid``); on other data it does nothing.
+
+    Args:
+        num_samples: Samples drawn per evaluation (2,500 in the Unrolled GAN / PacGAN setups).
+        every_n_epochs: Evaluate at the end of every n-th validation epoch.
+    """
+
+    def __init__(self, num_samples: int = 2500, every_n_epochs: int = 1) -> None:
+        if num_samples < 1 or every_n_epochs < 1:
+            raise ValueError("ModeCoverage needs num_samples >= 1 and every_n_epochs >= 1")
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "centers", None) is None or trainer.sanity_checking:
+            return
+        if not (trainer.state.fn != "fit" or _due(trainer, self.every_n_epochs)):
+            return
+        stats = mode_statistics(pl_module.sample(self.num_samples), datamodule.centers, datamodule.std)
+        pl_module.log_dict(
+            {"val/modes": float(stats.modes), "val/high_quality": stats.high_quality,
+             "val/kl_modes": stats.kl},
+            prog_bar=True, sync_dist=True,
+        )
+
+
+class ScatterPlot(Callback):
+    """Saves a scatter plot of model samples over real data as ``samples/epoch_XXXX.png``.
+
+    The file lies under the run directory and goes to the logger too when it takes images.
+
+    Args:
+        num_samples: Generated points per plot.
+        every_n_epochs: Plot at the end of every n-th validation epoch (and the last one).
+    """
+
+    def __init__(self, num_samples: int = 1000, every_n_epochs: int = 1) -> None:
+        if num_samples < 1 or every_n_epochs < 1:
+            raise ValueError("ScatterPlot needs num_samples >= 1 and every_n_epochs >= 1")
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.last_path: Path | None = None
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if trainer.state.fn == "fit" and not _due(trainer, self.every_n_epochs):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fake = pl_module.sample(self.num_samples).float().cpu()
+        real = getattr(trainer.datamodule, "val_data", None)
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+        if isinstance(real, torch.Tensor):
+            ax.scatter(real[:, 0], real[:, 1], s=2, c="tab:blue", alpha=0.3, label="data")
+        ax.scatter(fake[:, 0], fake[:, 1], s=2, c="tab:orange", alpha=0.5, label="samples")
+        ax.set_title(f"{type(pl_module).__name__}, step {trainer.global_step}")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(loc="upper right", markerscale=4, fontsize="small")
+        path = run_dir(trainer) / "samples" / f"epoch_{trainer.current_epoch:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        self.last_path = path
+        send_image(trainer, "samples/scatter", path)

@@ -1,0 +1,7 @@
+"""LightningModules: the generative models genlit trains."""
+
+from genlit.models.base import AdversarialModel, GenerativeModel
+from genlit.models.gan import GAN
+from genlit.models.wgan import WGAN, WGANGP
+
+__all__ = ["GenerativeModel", "AdversarialModel", "GAN", "WGAN", "WGANGP"]

@@ -1,0 +1,236 @@
+"""The base classes every genlit model derives from.
+
+``GenerativeModel`` is the interface the callbacks use (``sample``, ``latent_dim``), so a user's
+own model gets sample grids, scatter plots and metrics for free. ``AdversarialModel`` holds the
+alternating discriminator / generator loop shared by every GAN and WGAN: the subclasses only
+say what one discriminator step and one generator step compute.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor, nn
+
+
+class GenerativeModel(LightningModule):
+    """A LightningModule that can draw new samples.
+
+    Subclasses implement :meth:`sample` and set ``latent_dim``. Models with an encoder also
+    implement ``reconstruct(x)``.
+    """
+
+    latent_dim: int
+
+    def save_config(self, ignore: list[str]) -> None:
+        """Saves the ``__init__`` arguments as hyperparameters, networks included under the CLI.
+
+        Launched by ``genlit``, the hyperparameters are the full config (networks and optimizers
+        as ``class_path`` entries), so ``GenerativeModel.load_from_checkpoint(path)`` rebuilds
+        the model from the checkpoint alone. Built in Python, modules in ``ignore`` are left out
+        (their weights are in the state dict already).
+        """
+        frame = inspect.currentframe().f_back  # the subclass's __init__
+        if _given_hyperparameters.get() is not None:
+            self.save_hyperparameters(frame=frame)
+        else:
+            self.save_hyperparameters(ignore=ignore, frame=frame)
+
+    def sample(self, n: int) -> Tensor:
+        """Draws ``n`` new samples in data space, on the model's device, without gradients."""
+        raise NotImplementedError
+
+    def noise(self, n: int) -> Tensor:
+        """Draws ``n`` latent vectors from the prior N(0, I)."""
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    @staticmethod
+    def unpack(batch: Tensor | tuple | list | dict) -> Tensor:
+        """The data tensor of a batch: ``x`` itself, the first element of ``(x, y)``, or ``batch["x"]``."""
+        if isinstance(batch, Tensor):
+            return batch
+        if isinstance(batch, dict):
+            return batch["x"]
+        return batch[0]
+
+    @property
+    def optimizer_steps_per_generator_step(self) -> int:
+        """How many optimizer steps (what ``trainer.global_step`` counts) one generator step makes."""
+        return 1
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        # Sample-based metrics live in callbacks (they need only ``sample``); the loop must still
+        # run for their ``on_validation_epoch_end`` hooks to fire.
+        return None
+
+    def _should_log(self) -> bool:
+        # Logging every step costs more than a tiny network's whole step: only build the
+        # metric dict on the steps Lightning actually writes (every ``log_every_n_steps``).
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return trainer._logger_connector.should_update_logs
+
+
+# Networks are saved in the state dict and optimizer factories are not data; the CLI records
+# both in the run's config (and in the checkpoint's hyperparameters) by import path.
+_NOT_HPARAMS = ["generator", "discriminator", "generator_optimizer", "discriminator_optimizer"]
+
+
+def _grad_norm(parameters: list[nn.Parameter]) -> Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class AdversarialModel(GenerativeModel):
+    """A generator trained against a discriminator (or critic) with alternating updates.
+
+    One training batch is one discriminator update; every ``k``-th batch also updates the
+    generator (Goodfellow et al.'s Algorithm 1 with ``k`` discriminator steps per generator
+    step). Optimization is manual, so ``trainer.global_step`` counts optimizer steps: ``k + 1``
+    per generator step. Use ``--generator_steps`` on the command line to state a budget in
+    generator steps.
+
+    Args:
+        generator: Network mapping ``(B, latent_dim)`` noise to samples; must expose ``latent_dim``.
+        discriminator: Network mapping samples to one raw score each, shape ``(B,)``.
+        generator_optimizer: Optimizer factory for the generator's parameters.
+        discriminator_optimizer: Optimizer factory for the discriminator's parameters.
+        k: Discriminator steps per generator step (n_critic for critics).
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        generator_optimizer: OptimizerCallable = torch.optim.Adam,
+        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
+        k: int = 1,
+    ) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k (discriminator steps per generator step) must be >= 1, got {k}")
+        if not hasattr(generator, "latent_dim"):
+            raise ValueError(
+                f"{type(generator).__name__} has no 'latent_dim' attribute: genlit generators "
+                "must expose the size of their noise input as `self.latent_dim`."
+            )
+        self.automatic_optimization = False
+        self.generator = generator
+        self.discriminator = discriminator
+        self.generator_optimizer = generator_optimizer
+        self.discriminator_optimizer = discriminator_optimizer
+        self.k = k
+        # Position in the k-cycle; kept in checkpoints so a resumed run continues the cycle.
+        self.discriminator_updates = 0
+        self.generator_updates = 0
+
+    # --- the interface -------------------------------------------------------------------
+
+    @property
+    def latent_dim(self) -> int:  # type: ignore[override]
+        return int(self.generator.latent_dim)
+
+    @property
+    def optimizer_steps_per_generator_step(self) -> int:
+        return self.k + 1
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """Draws ``n`` samples ``G(z)``, ``z ~ N(0, I)``, with the generator in eval mode."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generator(self.noise(n))
+        finally:
+            self.generator.train(was_training)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            self.generator_optimizer(self.generator.parameters()),
+            self.discriminator_optimizer(self.discriminator.parameters()),
+        ]
+
+    # --- the step ------------------------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        real = self.unpack(batch)
+        opt_g, opt_d = self.optimizers()
+        log = self._should_log()
+        with self.toggled_optimizer(opt_d):
+            d_out = self.discriminator_step(real)
+            d_out["grad_norm_d"] = self.step_optimizer(opt_d, d_out["loss"], self.discriminator, log)
+        self.discriminator_updates += 1
+        self.after_discriminator_update()
+        g_out = None
+        if self.is_generator_turn():
+            with self.toggled_optimizer(opt_g):
+                g_out = self.generator_step(real.shape[0])
+                g_out["grad_norm_g"] = self.step_optimizer(opt_g, g_out["loss"], self.generator, log)
+            self.generator_updates += 1
+        if log:
+            self.log_phase("train", d_out, g_out)
+
+    def is_generator_turn(self) -> bool:
+        """True after every ``k``-th discriminator update."""
+        return self.discriminator_updates % self.k == 0
+
+    def step_optimizer(
+        self, optimizer: Any, loss: Tensor, network: nn.Module, measure: bool = False
+    ) -> Tensor | None:
+        """Backward and step; returns the gradient norm of ``network`` when ``measure`` is set."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        norm = _grad_norm(list(network.parameters())) if measure else None
+        optimizer.step()
+        return norm
+
+    def after_discriminator_update(self) -> None:
+        """Hook run after each discriminator update (WGAN clips its weights here)."""
+
+    def discriminator_step(self, real: Tensor) -> dict[str, Tensor]:
+        """The discriminator's loss on one batch; returns at least ``{"loss": ...}``."""
+        raise NotImplementedError
+
+    def generator_step(self, batch_size: int) -> dict[str, Tensor]:
+        """The generator's loss on ``batch_size`` fresh samples; returns at least ``{"loss": ...}``."""
+        raise NotImplementedError
+
+    def generate_detached(self, n: int) -> Tensor:
+        """Fake samples for a discriminator step: no graph through the generator."""
+        with torch.no_grad():
+            return self.generator(self.noise(n))
+
+    # --- logging -------------------------------------------------------------------------
+
+    def log_phase(self, stage: str, d_out: dict[str, Tensor], g_out: dict[str, Tensor] | None) -> None:
+        """Logs both phases under one namespace: ``train/d_loss``, ``train/g_loss``, ..."""
+        metrics = {f"{stage}/d_loss": d_out["loss"]}
+        metrics.update({f"{stage}/{key}": v for key, v in d_out.items() if key != "loss"})
+        if g_out is not None:
+            metrics[f"{stage}/g_loss"] = g_out["loss"]
+            metrics.update({f"{stage}/{key}": v for key, v in g_out.items() if key != "loss"})
+        metrics = {key: v.detach() for key, v in metrics.items() if v is not None}
+        shown = {key: metrics.pop(key) for key in (f"{stage}/d_loss", f"{stage}/g_loss") if key in metrics}
+        self.log_dict(shown, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["genlit_counters"] = {
+            "discriminator_updates": self.discriminator_updates,
+            "generator_updates": self.generator_updates,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("genlit_counters", {})
+        self.discriminator_updates = counters.get("discriminator_updates", 0)
+        self.generator_updates = counters.get("generator_updates", 0)

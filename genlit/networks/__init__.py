@@ -1,0 +1,1 @@
+"""Plain nn.Module generators, discriminators, critics, encoders and decoders (no Lightning)."""
