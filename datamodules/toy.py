@@ -8,11 +8,15 @@ drawn at once and sliced into batches: data costs next to nothing per step.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
+
+# Lightning warns that __len__ may be wrong with several workers; here the loader never has any.
+warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
 
 
 class _EpochBatches(IterableDataset):

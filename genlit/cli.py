@@ -14,13 +14,15 @@ from typing import Any, NoReturn
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import datamodules  # noqa: F401 - registers the datamodules for short names
+import datamodules.images  # noqa: F401 - registers the datamodules for short names
 import datamodules.toy  # noqa: F401
 import genlit.callbacks  # noqa: F401 - registers the callbacks for short names
+from datamodules.images import DatasetNotFoundError
 from genlit.callbacks import RunSummary
 from genlit.config_errors import explain
 from genlit.errors import GenlitError
 from genlit.models import GenerativeModel
+from genlit.sample import sample_main
 
 
 class GenlitArgumentParser(LightningArgumentParser):
@@ -91,10 +93,18 @@ class GenlitCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``genlit`` and ``python -m genlit``."""
+    """Entry point of ``genlit`` and ``python -m genlit``.
+
+    ``genlit sample --ckpt PATH --n 64 --out grid.png`` draws from a checkpoint; every other
+    subcommand (``fit``, ``validate``, ``test``, ``predict``) goes to LightningCLI.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        GenlitCLI(args=args)
-    except GenlitError as err:
+        if argv[:1] == ["sample"]:
+            sample_main(argv[1:])
+        else:
+            GenlitCLI(args=args)  # None: LightningCLI reads sys.argv itself
+    except (GenlitError, DatasetNotFoundError) as err:
         if os.environ.get("GENLIT_DEBUG"):
             raise
         sys.stderr.write(f"genlit: error: {err}\n")

@@ -16,6 +16,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from genlit.errors import GenlitError
 
 
 class GenerativeModel(LightningModule):
@@ -63,6 +66,11 @@ class GenerativeModel(LightningModule):
         """How many optimizer steps (what ``trainer.global_step`` counts) one generator step makes."""
         return 1
 
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            check_compatible(self, datamodule)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         # Sample-based metrics live in callbacks (they need only ``sample``); the loop must still
         # run for their ``on_validation_epoch_end`` hooks to fire.
@@ -75,6 +83,32 @@ class GenerativeModel(LightningModule):
         if trainer is None:
             return False
         return trainer._logger_connector.should_update_logs
+
+
+_SHAPE_KEYS = ("channels", "image_size", "data_dim")
+
+
+def check_compatible(model: nn.Module, datamodule: Any) -> None:
+    """Fails before training when a network was built for other data than the datamodule gives.
+
+    Compares ``channels``, ``image_size`` and ``data_dim`` wherever both the datamodule and a
+    child network of the model expose them.
+
+    Raises:
+        GenlitError: one line naming the network, both values and the config keys to align.
+    """
+    for key in _SHAPE_KEYS:
+        wanted = getattr(datamodule, key, None)
+        if wanted is None:
+            continue
+        for name, network in model.named_children():
+            have = getattr(network, key, None)
+            if have is not None and have != wanted:
+                raise GenlitError(
+                    f"{type(datamodule).__name__} gives {key}={wanted} but the {name} "
+                    f"({type(network).__name__}) was built for {key}={have}: set "
+                    f"model.init_args.{name}.init_args.{key}: {wanted} (or data.init_args.{key}: {have})"
+                )
 
 
 # Networks are saved in the state dict and optimizer factories are not data; the CLI records
@@ -104,6 +138,8 @@ class AdversarialModel(GenerativeModel):
         generator_optimizer: Optimizer factory for the generator's parameters.
         discriminator_optimizer: Optimizer factory for the discriminator's parameters.
         k: Discriminator steps per generator step (n_critic for critics).
+        ema_decay: When set (e.g. 0.999), keep an exponential moving average of the
+            generator's weights, updated after every generator step; ``sample`` then uses it.
     """
 
     def __init__(
@@ -113,8 +149,11 @@ class AdversarialModel(GenerativeModel):
         generator_optimizer: OptimizerCallable = torch.optim.Adam,
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         k: int = 1,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {ema_decay}")
         if k < 1:
             raise ValueError(f"k (discriminator steps per generator step) must be >= 1, got {k}")
         if not hasattr(generator, "latent_dim"):
@@ -128,6 +167,15 @@ class AdversarialModel(GenerativeModel):
         self.generator_optimizer = generator_optimizer
         self.discriminator_optimizer = discriminator_optimizer
         self.k = k
+        self.ema_decay = ema_decay
+        self.generator_ema: AveragedModel | None = None
+        if ema_decay is not None:
+            # torch's averaging utility: a copy of G whose weights (and batch-norm buffers)
+            # follow ema = decay * ema + (1 - decay) * G after each generator update.
+            self.generator_ema = AveragedModel(
+                generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+            )
+            self.generator_ema.requires_grad_(False)
         # Position in the k-cycle; kept in checkpoints so a resumed run continues the cycle.
         self.discriminator_updates = 0
         self.generator_updates = 0
@@ -142,15 +190,21 @@ class AdversarialModel(GenerativeModel):
     def optimizer_steps_per_generator_step(self) -> int:
         return self.k + 1
 
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The network ``sample`` uses: the averaged generator when EMA is on."""
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
+
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         """Draws ``n`` samples ``G(z)``, ``z ~ N(0, I)``, with the generator in eval mode."""
-        was_training = self.generator.training
-        self.generator.eval()
+        generator = self.sampling_generator
+        was_training = generator.training
+        generator.eval()
         try:
-            return self.generator(self.noise(n))
+            return generator(self.noise(n))
         finally:
-            self.generator.train(was_training)
+            generator.train(was_training)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
@@ -175,6 +229,8 @@ class AdversarialModel(GenerativeModel):
                 g_out = self.generator_step(real.shape[0])
                 g_out["grad_norm_g"] = self.step_optimizer(opt_g, g_out["loss"], self.generator, log)
             self.generator_updates += 1
+            if self.generator_ema is not None:
+                self.generator_ema.update_parameters(self.generator)
         if log:
             self.log_phase("train", d_out, g_out)
 

@@ -28,6 +28,8 @@ class GAN(AdversarialModel):
         discriminator_optimizer: Optimizer factory for the discriminator's parameters.
         loss: The adversarial loss.
         k: Discriminator steps per generator step (Algorithm 1 of Goodfellow et al.).
+        ema_decay: When set (e.g. 0.999), ``sample`` uses an exponential moving average of the
+            generator's weights, updated after every generator step.
     """
 
     def __init__(
@@ -38,8 +40,11 @@ class GAN(AdversarialModel):
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         loss: GANLoss = "non_saturating",
         k: int = 1,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(generator, discriminator, generator_optimizer, discriminator_optimizer, k)
+        super().__init__(
+            generator, discriminator, generator_optimizer, discriminator_optimizer, k, ema_decay
+        )
         self.save_config(ignore=_NOT_HPARAMS)
         self.loss = loss
         self.d_loss_fn = discriminator_loss(loss)

@@ -44,6 +44,8 @@ class WGAN(_Critic):
         discriminator_optimizer: Optimizer factory for the critic's parameters.
         clip: Half-width ``c`` of the box ``[-c, c]`` the critic's weights are clipped to.
         n_critic: Critic steps per generator step.
+        ema_decay: When set (e.g. 0.999), ``sample`` uses an exponential moving average of the
+            generator's weights, updated after every generator step.
     """
 
     def __init__(
@@ -54,12 +56,16 @@ class WGAN(_Critic):
         discriminator_optimizer: OptimizerCallable = torch.optim.RMSprop,
         clip: float = 0.01,
         n_critic: int = 5,
+        ema_decay: float | None = None,
     ) -> None:
         if clip <= 0:
             raise ValueError(f"clip must be > 0, got {clip}")
         if n_critic < 1:
             raise ValueError(f"n_critic (critic steps per generator step) must be >= 1, got {n_critic}")
-        super().__init__(generator, discriminator, generator_optimizer, discriminator_optimizer, n_critic)
+        super().__init__(
+            generator, discriminator, generator_optimizer, discriminator_optimizer, n_critic,
+            ema_decay,
+        )
         self.save_config(ignore=_NOT_HPARAMS)
         self.clip = clip
 
@@ -91,6 +97,8 @@ class WGANGP(_Critic):
         discriminator_optimizer: Optimizer factory for the critic's parameters.
         gp_weight: The penalty coefficient lambda.
         n_critic: Critic steps per generator step.
+        ema_decay: When set (e.g. 0.999), ``sample`` uses an exponential moving average of the
+            generator's weights, updated after every generator step.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class WGANGP(_Critic):
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         gp_weight: float = 10.0,
         n_critic: int = 5,
+        ema_decay: float | None = None,
     ) -> None:
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
@@ -111,7 +120,10 @@ class WGANGP(_Critic):
                 "WGANGP's critic contains batch norm, which breaks the per-sample gradient "
                 "penalty: build it without (e.g. DCGANDiscriminator(batch_norm=false))."
             )
-        super().__init__(generator, discriminator, generator_optimizer, discriminator_optimizer, n_critic)
+        super().__init__(
+            generator, discriminator, generator_optimizer, discriminator_optimizer, n_critic,
+            ema_decay,
+        )
         self.save_config(ignore=_NOT_HPARAMS)
         self.gp_weight = gp_weight
 
