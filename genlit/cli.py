@@ -22,6 +22,7 @@ from genlit.callbacks import RunSummary
 from genlit.config_errors import explain
 from genlit.errors import GenlitError
 from genlit.models import GenerativeModel
+from genlit.evaluate import evaluate_main
 from genlit.sample import sample_main
 
 
@@ -102,6 +103,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         if argv[:1] == ["sample"]:
             sample_main(argv[1:])
+        elif argv[:1] == ["evaluate"]:
+            evaluate_main(argv[1:])
         else:
             GenlitCLI(args=args)  # None: LightningCLI reads sys.argv itself
     except (GenlitError, DatasetNotFoundError) as err:

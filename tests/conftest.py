@@ -9,7 +9,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import torchvision
+
+# Tiny test networks run fastest on one thread, and subprocesses started by tests then do not
+# compete with the test process for the cores.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Tests never reach a tracker's servers.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -17,6 +23,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def genlit_cache(tmp_path_factory, monkeypatch) -> None:
+    """FID reference statistics go to this session's temporary folder, never ~/.cache/genlit."""
+    monkeypatch.setenv("GENLIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "genlit_cache"))
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def test_impossible_hyperparameter_is_one_line():
 def test_print_config_round_trips(tmp_path):
     result = run_cli("fit", "--config", "configs/toy/ring_wgan.yaml", "--print_config")
     assert result.returncode == 0, result.stderr
-    assert "torch.optim.RMSprop" in result.stdout and "class_path: genlit.models.wgan.WGAN" in result.stdout
+    assert "torch.optim.RMSprop" in result.stdout and "class_path: genlit.models.WGAN" in result.stdout
     saved = tmp_path / "config.yaml"
     saved.write_text(result.stdout)
     again = run_cli("fit", "--config", str(saved), "--print_config")

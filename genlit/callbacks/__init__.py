@@ -1,7 +1,11 @@
 """Callbacks that talk to ``GenerativeModel`` only: metrics, pictures, reports."""
 
+from genlit.callbacks.fid import FID
 from genlit.callbacks.grid import SampleGrid
+from genlit.callbacks.reconstruction import ReconstructionGrid
 from genlit.callbacks.summary import RunSummary
 from genlit.callbacks.toy import ModeCoverage, ScatterPlot
 
 __all__ = ["ModeCoverage", "RunSummary", "SampleGrid", "ScatterPlot"]
+__all__ += ["ReconstructionGrid"]
+__all__ += ["FID"]

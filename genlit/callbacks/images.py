@@ -20,16 +20,19 @@ def send_image(trainer: Trainer, key: str, path: Path) -> None:
 
     A tracker failure never stops training: it becomes a warning.
     """
+    # The x-axis Lightning logs metrics against: batches, not optimizer steps (a GAN makes
+    # k + 1 optimizer steps per generator step), so pictures line up with the losses.
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
     image: np.ndarray | None = None
     for logger in trainer.loggers:
         try:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+                logger.log_image(key=key, images=[str(path)], step=step)
             elif isinstance(logger, TensorBoardLogger):
                 if image is None:
                     from PIL import Image
 
                     image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3)
-                logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
+                logger.experiment.add_image(key, image, step, dataformats="HWC")
         except Exception as err:  # noqa: BLE001 - the tracker must never end a run
             rank_zero_warn(f"could not send {key} to {type(logger).__name__}: {err}")

@@ -1,7 +1,11 @@
 """LightningModules: the generative models genlit trains."""
 
+from genlit.models.ae import AE
 from genlit.models.base import AdversarialModel, GenerativeModel
 from genlit.models.gan import GAN
+from genlit.models.vae import VAE
+from genlit.models.wae import WAE
 from genlit.models.wgan import WGAN, WGANGP
 
 __all__ = ["GenerativeModel", "AdversarialModel", "GAN", "WGAN", "WGANGP"]
+__all__ += ["AE", "VAE", "WAE"]

@@ -1,0 +1,243 @@
+"""FID and KID of model samples against a datamodule's real images, during training."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from genlit.errors import GenlitError
+from genlit.metrics.features import (
+    INCEPTION_WEIGHTS_FILE,
+    FeatureExtractor,
+    inception_weights_folder,
+    load_features,
+)
+from genlit.metrics.fid import FeatureDistances, generate_into, reference_statistics, share
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int) -> Iterator[None]:
+    """Runs the block from a fixed seed and gives the global RNG state back afterwards."""
+    accelerated = device.type not in ("cpu", "meta")
+    with torch.random.fork_rng(
+        devices=[device] if accelerated else [], device_type=device.type if accelerated else None
+    ):
+        torch.random.default_generator.manual_seed(seed)
+        if accelerated:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
+
+
+class FID(Callback):
+    """Logs ``val/fid``, ``val/kid_mean`` and ``val/kid_std`` of ``model.sample`` every few epochs.
+
+    The real side is computed once per (dataset, split, image size, feature network) and
+    cached on disk; each evaluation only draws ``num_samples`` new images (from the same seeded
+    noise every time, leaving the training RNG untouched), split across DDP ranks, and
+    torchmetrics sums the ranks' statistics. ``val/fid_num_samples`` is logged with the value,
+    the feature network and split go to the loggers' hyperparameters (``fid/*``), and a line
+    per evaluation says all three, so numbers of different settings are not compared by
+    accident. Only ``pl_module.sample(n)`` is used, images ``(N, C, H, W)`` in [-1, 1].
+
+    When it runs: at the end of every ``every_n_epochs``-th validation during ``fit`` (so
+    set ``trainer.check_val_every_n_epoch`` and ``every_n_epochs`` together, and give a
+    ``ModelCheckpoint(monitor="val/fid")`` the same ``every_n_epochs``), at every
+    ``validate``, and at ``test`` (logged as ``test/fid``). Without a validation split
+    (``val_fraction: 0``) it runs at the end of every ``every_n_epochs``-th training epoch.
+
+    Args:
+        features: ``inception`` (comparable with published FIDs), ``digits``, ``mnist``,
+            ``fashion_mnist`` (genlit's small classifiers: fast and offline, comparable only
+            among themselves) or the import path of an ``nn.Module``; see
+            :mod:`genlit.metrics.features`.
+        num_samples: Generated images per evaluation, over all ranks; capped, with a warning,
+            at the number of real images. ``None``: as many as there are real images.
+        every_n_epochs: Evaluate at every n-th epoch.
+        split: The real images: ``test`` (default), ``val`` or ``train``.
+        kid: Also log KID (mean and standard deviation over random subsets).
+        kid_subsets: KID's number of subsets.
+        kid_subset_size: KID's subset size, capped at the number of samples.
+        batch_size: Images per ``sample`` call.
+        weights_path: Local weights of the feature network (Inception offline: a copy of
+            ``weights-inception-2015-12-05-6726825d.pth``).
+        cache_dir: Folder of cached reference statistics; default ``~/.cache/genlit/fid`` or
+            ``$GENLIT_CACHE_DIR/fid``.
+        seed: Seed of the generated samples (rank r uses ``seed + r``) and of KID's subsets.
+    """
+
+    def __init__(
+        self,
+        features: str = "inception",
+        num_samples: int | None = 10000,
+        every_n_epochs: int = 1,
+        split: Literal["train", "val", "test"] = "test",
+        kid: bool = True,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        batch_size: int = 500,
+        weights_path: str | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if num_samples is not None and num_samples < 2:
+            raise ValueError(f"FID needs num_samples >= 2, got {num_samples}")
+        if every_n_epochs < 1 or batch_size < 1:
+            raise ValueError("FID needs every_n_epochs >= 1 and batch_size >= 1")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        self.features = features
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.split = split
+        self.kid = kid
+        self.kid_subsets = kid_subsets
+        self.kid_subset_size = kid_subset_size
+        self.batch_size = batch_size
+        self.weights_path = weights_path
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.distances: FeatureDistances | None = None
+        self.last: dict[str, float] = {}
+        self._validation_off: bool | None = None
+        self._announced = False
+
+    # --- when ----------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if (
+            self.features == "inception"
+            and self.weights_path is None
+            and not (inception_weights_folder() / INCEPTION_WEIGHTS_FILE).is_file()
+        ):
+            rank_zero_warn(
+                f"FID: the Inception weights are not in {inception_weights_folder()}; they will "
+                "be downloaded at the first evaluation (offline, set weights_path)"
+            )
+
+    def _due(self, trainer: Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "fit" and not self._due(trainer):
+            return
+        self.evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.evaluate(trainer, pl_module, "test")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._due(trainer) and self._no_validation(trainer):
+            self.evaluate(trainer, pl_module, "val")
+
+    def _no_validation(self, trainer: Trainer) -> bool:
+        """True when fit never validates (no validation split, or limit_val_batches=0)."""
+        if self._validation_off is None:
+            off = not trainer.limit_val_batches
+            datamodule = getattr(trainer, "datamodule", None)
+            if not off and datamodule is not None:
+                loaders = datamodule.val_dataloader()
+                off = isinstance(loaders, (list, tuple)) and len(loaders) == 0
+            self._validation_off = off
+        return self._validation_off
+
+    # --- what ----------------------------------------------------------------------------
+
+    def prepare(self, trainer: Trainer, pl_module: LightningModule) -> FeatureDistances:
+        """Loads the feature network and the reference statistics (computing them once)."""
+        if self.distances is not None:
+            return self.distances
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            raise GenlitError("the FID callback needs a datamodule to read the real images from")
+        device = pl_module.device
+        network: FeatureExtractor = load_features(self.features, self.weights_path).to(device)
+        shape = None
+        if getattr(datamodule, "channels", None) and getattr(datamodule, "image_size", None):
+            shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
+        distances = FeatureDistances(
+            network, shape, self.kid, self.kid_subsets, self.kid_subset_size, self.seed
+        ).to(device)
+        # Rank 0 computes a missing cache file first; the others then read it.
+        if trainer.is_global_zero:
+            stats = reference_statistics(datamodule, self.split, distances, self.cache_dir, device)
+        trainer.strategy.barrier("genlit_fid_reference")
+        if not trainer.is_global_zero:
+            stats = reference_statistics(datamodule, self.split, distances, self.cache_dir, device)
+        distances.set_reference(stats, hold=trainer.is_global_zero)
+        self.distances = distances
+        return distances
+
+    def total_samples(self, num_real: int) -> int:
+        """``num_samples``, capped at the number of real images."""
+        if self.num_samples is None:
+            return num_real
+        if self.num_samples > num_real:
+            if not self._announced:
+                rank_zero_warn(
+                    f"FID: num_samples={self.num_samples} is more than the {num_real} real "
+                    f"images of the {self.split} split; using {num_real}"
+                )
+            return num_real
+        return self.num_samples
+
+    def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """Draws the samples and returns ``{"fid", "kid_mean", "kid_std", "num_samples"}``; logs nothing."""
+        # Validation runs under inference mode; the metric states must stay normal tensors.
+        with torch.inference_mode(False), torch.no_grad():
+            distances = self.prepare(trainer, pl_module)
+            n = self.total_samples(distances.reference.num_samples)
+            rank, world = trainer.global_rank, trainer.world_size
+            with seeded(pl_module.device, self.seed + rank):
+                generate_into(distances, pl_module.sample, share(n, world, rank), self.batch_size)
+            values = distances.compute()
+            distances.reset()
+        self.last = dict(values, num_samples=n)
+        return self.last
+
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, stage: str = "val") -> dict[str, float]:
+        """Measures, then logs ``{stage}/fid``, ``{stage}/kid_mean``, ... and one line of settings."""
+        values = dict(self.measure(trainer, pl_module))
+        n = int(values.pop("num_samples"))
+        if not self._announced:
+            self._announce(trainer, n)
+        for key, value in values.items():
+            pl_module.log(f"{stage}/{key}", value, sync_dist=False, prog_bar=key == "fid")
+        pl_module.log(f"{stage}/fid_num_samples", float(n), sync_dist=False)
+        kid = f", KID {values['kid_mean']:.4g} ± {values['kid_std']:.2g}" if "kid_mean" in values else ""
+        rank_zero_info(
+            f"{stage}/fid {values['fid']:.4g}{kid} (epoch {trainer.current_epoch}; {n} samples vs "
+            f"{self.distances.reference.describe()}; features {self.distances.network.name})"
+        )
+        return self.last
+
+    def _announce(self, trainer: Trainer, n: int) -> None:
+        """Puts the settings next to the values in every logger's hyperparameters, once."""
+        self._announced = True
+        reference = self.distances.reference
+        settings = {
+            "fid/features": self.distances.network.describe(),
+            "fid/num_samples": n,
+            "fid/split": self.split,
+            "fid/reference": reference.describe(),
+            "fid/reference_file": str(reference.path) if reference.path else "",
+        }
+        for logger in trainer.loggers:
+            try:
+                logger.log_hyperparams(settings)
+            except Exception as err:  # noqa: BLE001 - the tracker must never end a run
+                rank_zero_warn(f"FID: could not log the settings to {type(logger).__name__}: {err}")
+
+    @property
+    def reference_file(self) -> Path | None:
+        """The cache file of the reference statistics, once loaded."""
+        if self.distances is None or self.distances.reference is None:
+            return None
+        return self.distances.reference.path

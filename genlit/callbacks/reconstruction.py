@@ -1,0 +1,124 @@
+"""A grid of fixed images above their reconstructions, to watch an autoencoder learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from genlit.callbacks.images import run_dir, send_image
+
+
+class ReconstructionGrid(Callback):
+    """Saves ``reconstructions/recon_epoch_XXXX.png``: rows of inputs, each above its reconstructions.
+
+    The inputs are the first ``num_images`` validation images (training images when there is
+    no validation split), taken once, so every grid shows the same images. Only
+    ``pl_module.reconstruct(x)`` is used; for a model without it the callback warns once and
+    does nothing. The file lies under the run directory and goes to the logger too when it
+    takes images (key ``samples/reconstructions``).
+
+    Args:
+        num_images: Images to reconstruct (fewer if the split is smaller).
+        nrow: Images per row; each row of inputs is followed by its row of reconstructions.
+        every_n_epochs: Draw at the end of every n-th training epoch; a last grid is drawn at
+            the end of fit when the final weights have none yet.
+    """
+
+    def __init__(self, num_images: int = 32, nrow: int = 8, every_n_epochs: int = 1) -> None:
+        if num_images < 1 or nrow < 1 or every_n_epochs < 1:
+            raise ValueError(
+                "ReconstructionGrid needs num_images >= 1, nrow >= 1 and every_n_epochs >= 1"
+            )
+        self.num_images = num_images
+        self.nrow = nrow
+        self.every_n_epochs = every_n_epochs
+        self.last_path: Path | None = None
+        self._inputs: Tensor | None = None
+        self._disabled = False
+        self._drawn_at_step: int | None = None
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.draw(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._drawn_at_step != trainer.global_step:
+            self.draw(trainer, pl_module, epoch=max(trainer.current_epoch - 1, 0))
+
+    def fixed_inputs(self, trainer: Trainer, pl_module: LightningModule) -> Tensor | None:
+        """The first ``num_images`` images of the validation (else training) loader, cached."""
+        if self._inputs is None:
+            datamodule = trainer.datamodule
+            if datamodule is not None:
+                loader = datamodule.val_dataloader()
+                if isinstance(loader, list) and not loader:  # validation switched off
+                    loader = datamodule.train_dataloader()
+            else:
+                loader = trainer.val_dataloaders or trainer.train_dataloader
+            if loader is None:
+                return None
+            images, count = [], 0
+            for batch in loader:
+                x = pl_module.unpack(pl_module._apply_batch_transfer_handler(batch))
+                images.append(x[: self.num_images - count])
+                count += len(images[-1])
+                if count >= self.num_images:
+                    break
+            self._inputs = torch.cat(images) if images else None
+        return self._inputs
+
+    def draw(
+        self, trainer: Trainer, pl_module: LightningModule, epoch: int | None = None
+    ) -> Path | None:
+        """Saves and sends one grid now; returns its path, or ``None`` when nothing was drawn.
+
+        Args:
+            trainer: The trainer, for the data, the run directory, the epoch and the loggers.
+            pl_module: The model; it must implement ``reconstruct(x)``.
+            epoch: Epoch in the file name; the trainer's current epoch by default.
+        """
+        if trainer.sanity_checking or not trainer.is_global_zero or self._disabled:
+            return None
+        if not callable(getattr(pl_module, "reconstruct", None)):
+            self._disabled = True
+            rank_zero_warn(
+                f"ReconstructionGrid: {type(pl_module).__name__} has no reconstruct(x); no grids will be drawn."
+            )
+            return None
+        inputs = self.fixed_inputs(trainer, pl_module)
+        if inputs is None or inputs.dim() != 4:
+            self._disabled = True
+            rank_zero_warn(
+                "ReconstructionGrid: the data are not images (N, C, H, W); no grids will be drawn."
+            )
+            return None
+        inputs = inputs.to(pl_module.device)
+        outputs = pl_module.reconstruct(inputs)  # (N, C, H, W)
+        # Interleave row by row: nrow inputs, then the same nrow reconstructed.
+        rows = [
+            part
+            for i in range(0, len(inputs), self.nrow)
+            for part in (inputs[i : i + self.nrow], outputs[i : i + self.nrow])
+        ]
+        width = min(self.nrow, len(inputs))
+        padded = [torch.cat([r, r.new_full((width - len(r), *r.shape[1:]), -1.0)]) for r in rows]
+        grid = make_grid(
+            torch.cat(padded).detach().float().cpu(),
+            nrow=width,
+            padding=2,
+            normalize=True,
+            value_range=(-1, 1),
+        )  # (3, 2 * ceil(N / nrow) * (H + 2) + 2, width * (W + 2) + 2)
+        epoch = trainer.current_epoch if epoch is None else epoch
+        path = run_dir(trainer) / "reconstructions" / f"recon_epoch_{epoch:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path)
+        self.last_path = path
+        self._drawn_at_step = trainer.global_step
+        send_image(trainer, "samples/reconstructions", path)
+        return path

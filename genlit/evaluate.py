@@ -1,0 +1,255 @@
+"""``genlit evaluate``: FID and KID of a checkpoint's samples, or of a folder of images.
+
+    python -m genlit evaluate --ckpt runs/mnist/nsgan/version_0/checkpoints/last.ckpt \\
+        --config configs/mnist/nsgan.yaml --num_samples 10000 --features mnist
+    python -m genlit evaluate --images my_samples/ --config configs/mnist/nsgan.yaml
+
+The config's ``data`` section gives the real images (override its keys as in ``fit``:
+``--data.init_args.root=/data``); the settings of its ``FID`` callback, when it has one, are
+the defaults of ``--features``, ``--num_samples``, ``--split`` and ``--weights_path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from genlit.errors import GenlitError
+from genlit.metrics.features import load_features
+from genlit.metrics.fid import (
+    FeatureDistances,
+    ReferenceStats,
+    generate_into,
+    reference_statistics,
+)
+
+
+@dataclass
+class Evaluation:
+    """One FID/KID measurement and the settings it was made with."""
+
+    fid: float
+    kid_mean: float | None
+    kid_std: float | None
+    num_samples: int
+    source: str
+    features: str
+    reference: ReferenceStats
+    seconds: float
+
+    def report(self) -> str:
+        kid = f", KID {self.kid_mean:.4g} ± {self.kid_std:.2g}" if self.kid_mean is not None else ""
+        cached = f" ({self.reference.path})" if self.reference.path else ""
+        return "\n".join(
+            [
+                f"genlit: FID {self.fid:.4g}{kid}",
+                f"  samples     {self.num_samples} from {self.source}",
+                f"  reference   {self.reference.describe()}{cached}",
+                f"  features    {self.features}",
+                f"  time        {self.seconds:.1f} s",
+            ]
+        )
+
+
+def folder_batches(
+    folder: str | Path, shape: tuple[int, int, int], limit: int | None = None, batch_size: int = 500
+) -> Iterator[Tensor]:
+    """The images of ``folder`` (recursively, sorted by path) as uint8 batches ``(B, C, H, W)``.
+
+    Raises:
+        GenlitError: no images, or images of another size than ``shape``.
+    """
+    import numpy as np
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise GenlitError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {root}")
+    files = files[:limit] if limit else files
+    channels, height, width = shape
+    for start in range(0, len(files), batch_size):
+        arrays = []
+        for path in files[start : start + batch_size]:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+            if array.shape[:2] != (height, width):
+                raise GenlitError(
+                    f"{path} is {array.shape[1]}x{array.shape[0]} but the real images are "
+                    f"{width}x{height}: save the samples at the datamodule's image_size"
+                )
+            arrays.append(array.reshape(height, width, channels))
+        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+
+
+def evaluate(
+    datamodule: Any,
+    model: Any | None = None,
+    images: str | Path | None = None,
+    features: str = "inception",
+    num_samples: int | None = 10000,
+    split: str = "test",
+    kid: bool = True,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    weights_path: str | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    source: str | None = None,
+) -> Evaluation:
+    """FID (and KID) of ``model.sample`` or of a folder of images against ``datamodule``'s split.
+
+    Args:
+        datamodule: Gives the real images (read only when the cache has no statistics yet).
+        model: A ``GenerativeModel``; ``num_samples`` samples are drawn (capped at the number
+            of real images), from seed ``seed``.
+        images: Instead of a model: a folder of images of the datamodule's shape (up to
+            ``num_samples`` of them when given).
+        features, num_samples, split, kid, kid_subsets, kid_subset_size, weights_path,
+            cache_dir, batch_size, seed: As for :class:`genlit.callbacks.FID`.
+        device: Where the samples and features are computed.
+        source: How the report names the samples.
+    """
+    if (model is None) == (images is None):
+        raise GenlitError("give either a checkpoint (--ckpt) or a folder of images (--images)")
+    start = time.perf_counter()
+    device = torch.device(device)
+    network = load_features(features, weights_path).to(device)
+    shape = None
+    if getattr(datamodule, "channels", None) and getattr(datamodule, "image_size", None):
+        shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
+    distances = FeatureDistances(network, shape, kid, kid_subsets, kid_subset_size, seed).to(device)
+    stats = reference_statistics(datamodule, split, distances, cache_dir, device)
+    distances.set_reference(stats)
+    with torch.no_grad():
+        if model is not None:
+            model = model.to(device).eval()
+            n = stats.num_samples if num_samples is None else min(num_samples, stats.num_samples)
+            torch.manual_seed(seed)
+            generate_into(distances, model.sample, n, batch_size)
+            source = source or type(model).__name__
+        else:
+            n = 0
+            for batch in folder_batches(images, stats.image_shape, num_samples, batch_size):
+                distances.update(batch.to(device))
+                n += len(batch)
+            source = source or str(images)
+    values = distances.compute()
+    return Evaluation(
+        fid=values["fid"],
+        kid_mean=values.get("kid_mean"),
+        kid_std=values.get("kid_std"),
+        num_samples=n,
+        source=source,
+        features=network.describe(),
+        reference=stats,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def _config_fid_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The init_args of the config's FID callback, if it has one."""
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    for entry in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if isinstance(entry, dict) and str(entry.get("class_path", "")).rsplit(".", 1)[-1] == "FID":
+            return dict(entry.get("init_args") or {})
+    return {}
+
+
+def build_datamodule(data: dict[str, Any], overrides: list[str]) -> Any:
+    """The datamodule of a config's ``data`` section, with ``--data.*`` overrides applied."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    import datamodules.images  # noqa: F401 - short class names
+    import datamodules.toy  # noqa: F401
+
+    parser = ArgumentParser(exit_on_error=False, prog="genlit evaluate")
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    try:
+        parsed = parser.parse_args(["--data", json.dumps(data), *overrides])
+        built = parser.instantiate(parsed) if hasattr(parser, "instantiate") else parser.instantiate_classes(parsed)
+    except Exception as err:  # noqa: BLE001 - jsonargparse's errors span lines
+        message = str(err).strip().splitlines()
+        raise GenlitError(f"data: {message[0] if message else type(err).__name__}") from None
+    return built.data
+
+
+def evaluate_main(argv: list[str]) -> None:
+    """Parses ``genlit evaluate`` arguments, measures and prints FID and KID with their settings."""
+    parser = argparse.ArgumentParser(
+        prog="genlit evaluate",
+        description="FID and KID of a checkpoint's samples (or of a folder of images) against "
+        "the real images of a config's datamodule. Extra --data.* arguments override the config.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint written by genlit fit")
+    source.add_argument("--images", help="folder of images of the datamodule's size")
+    parser.add_argument("--config", required=True, help="experiment YAML; its data section gives the real images")
+    parser.add_argument("--features", default=None, help="inception, digits, mnist, fashion_mnist or an import path (default: the config's FID callback, else inception)")
+    parser.add_argument("--num_samples", type=int, default=None, help="generated images (default: the config's FID callback, else 10000)")
+    parser.add_argument("--split", choices=["train", "val", "test"], default=None, help="reference split (default test)")
+    parser.add_argument("--weights_path", default=None, help="local weights of the feature network (Inception offline)")
+    parser.add_argument("--cache_dir", default=None, help="folder of cached reference statistics (default ~/.cache/genlit/fid)")
+    parser.add_argument("--no_kid", action="store_true", help="skip KID")
+    parser.add_argument("--batch_size", type=int, default=500, help="images per batch (default 500)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [a for a in overrides if a.startswith("--") and not a.startswith("--data.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+    import yaml
+
+    config_path = Path(args.config)
+    if not config_path.is_file():
+        raise GenlitError(f"config {config_path} does not exist")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    if "data" not in config:
+        raise GenlitError(f"config {config_path} has no data section to take the real images from")
+    settings = _config_fid_settings(config)
+    datamodule = build_datamodule(config["data"], overrides)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = None
+    if args.ckpt:
+        from genlit.sample import load_model
+
+        model = load_model(args.ckpt)
+    num_samples = args.num_samples or settings.get("num_samples", 10000)
+    if args.images and args.num_samples is None:
+        num_samples = None  # a folder: all of its images
+    result = evaluate(
+        datamodule,
+        model=model,
+        images=args.images,
+        features=args.features or settings.get("features", "inception"),
+        num_samples=num_samples,
+        split=args.split or settings.get("split", "test"),
+        kid=not args.no_kid and settings.get("kid", True),
+        kid_subsets=settings.get("kid_subsets", 100),
+        kid_subset_size=settings.get("kid_subset_size", 1000),
+        weights_path=args.weights_path or settings.get("weights_path"),
+        cache_dir=args.cache_dir or settings.get("cache_dir"),
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+        source=f"{args.ckpt} ({type(model).__name__})" if model is not None else None,
+    )
+    print(result.report(), flush=True)

@@ -1,0 +1,348 @@
+"""Feature networks for FID and KID: Inception, genlit's small classifiers, or any ``nn.Module``.
+
+Every network here is a :class:`FeatureExtractor`: it takes uint8 images ``(B, C, H, W)`` in
+[0, 255] (what :func:`genlit.metrics.fid.to_uint8` makes of a batch in [-1, 1], for real and
+generated images alike) and returns float32 features ``(B, d)``. Choose one by name or by
+import path with :func:`load_features`:
+
+* ``inception``: torchmetrics' 2048-d pool3 features of the TF-ported Inception v3 weights,
+  resized to 299x299 the way TensorFlow 1 did (torchmetrics' ``antialias=False``), so the
+  numbers are comparable with published FIDs. Online the weights download once; offline,
+  give ``weights_path``.
+* ``digits``, ``mnist``, ``fashion_mnist``: genlit's own small CNN classifiers, trained by
+  ``python -m genlit.metrics.train_features DATASET`` on the real training split and shipped
+  with the package (``genlit/metrics/weights/``), so FID runs offline and fast on a CPU. Their
+  penultimate layer (128-d) gives the features. **FIDs computed with them are comparable only
+  with other FIDs computed with the same network, never with published Inception FIDs.**
+* ``package.module.Name``: a user's ``nn.Module`` class (built without arguments; its weights
+  loaded from ``weights_path`` when given) or a function returning one. It receives the uint8
+  images and returns ``(B, d)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlit.errors import GenlitError
+
+__all__ = [
+    "FEATURE_NETWORKS",
+    "INCEPTION_WEIGHTS_FILE",
+    "WEIGHTS_DIR",
+    "ClassifierFeatures",
+    "FeatureExtractor",
+    "InceptionFeatures",
+    "ModuleFeatures",
+    "SmallClassifier",
+    "inception_weights_folder",
+    "load_features",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# genlit's classifiers: name -> what they were trained on (the weights file is WEIGHTS_DIR/name.pt).
+CLASSIFIERS = {"digits": "scikit-learn digits", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+FEATURE_NETWORKS = ("inception", *CLASSIFIERS)
+
+
+class FeatureExtractor(nn.Module):
+    """Base class: uint8 images ``(B, C, H, W)`` in [0, 255] to float32 features ``(B, d)``.
+
+    Always in eval mode and without gradients. ``name`` identifies the network in logs and in
+    cache keys; :meth:`fingerprint` changes whenever the weights do.
+
+    Attributes:
+        name: Short name (``mnist``, ``inception``) or import path of the network.
+        num_features: Feature dimension d, or ``None`` when only a forward pass can tell.
+    """
+
+    name: str = "features"
+    num_features: int | None = None
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        return super().train(False)  # batch-norm statistics must never move
+
+    def output_dim(self, image_shape: tuple[int, int, int]) -> int:
+        """The feature dimension d for images of shape ``(C, H, W)``."""
+        if self.num_features is not None:
+            return int(self.num_features)
+        device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            probe = torch.zeros(2, *image_shape, dtype=torch.uint8, device=device)
+            return int(self(probe).reshape(2, -1).shape[1])
+
+    def fingerprint(self) -> str:
+        """A hash of the name and every weight: part of the reference statistics' cache key."""
+        digest = hashlib.blake2b(self.name.encode(), digest_size=12)
+        for key, tensor in sorted(self.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    def describe(self) -> str:
+        """One line for reports: what the network is and what its numbers compare with."""
+        return self.name
+
+
+# --- genlit's classifiers ----------------------------------------------------------------------
+
+
+class SmallClassifier(nn.Module):
+    """A small CNN classifier whose penultimate layer gives FID features.
+
+    Two conv blocks (each halving the resolution) and a 4x4 average pool feed a fully
+    connected feature layer; a linear head classifies from it. About 150k parameters: 4 M
+    multiply-adds per 28x28 image, so 10,000 images take a few seconds on a CPU.
+
+    Args:
+        channels: Input channels.
+        input_size: Height and width the network was trained at.
+        width: Channels of the first block (the second has twice as many).
+        num_features: Size of the feature layer.
+        num_classes: Classes of the head.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        input_size: int = 28,
+        width: int = 32,
+        num_features: int = 128,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.input_size = input_size
+        self.num_features = num_features
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),  # (B, 2 * width * 16)
+            nn.Linear(2 * width * 16, num_features),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(num_features, num_classes))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate activations ``(B, num_features)`` of inputs normalised to [-1, 1]."""
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, num_classes)`` of inputs normalised to [-1, 1]."""
+        return self.head(self.body(x))
+
+
+def prepare_images(images: Tensor, channels: int, size: int) -> Tensor:
+    """uint8 images to the float input of a :class:`SmallClassifier`: [-1, 1], its channels and size.
+
+    Resizing is bilinear with antialiasing; RGB becomes grey with the ITU-R 601 luma weights.
+    """
+    x = images.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+    if x.shape[1] != channels:
+        if x.shape[1] == 3 and channels == 1:
+            luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+            x = (x * luma).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+        elif x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1)
+        else:
+            raise GenlitError(f"cannot feed {x.shape[1]}-channel images to a {channels}-channel network")
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+class ClassifierFeatures(FeatureExtractor):
+    """Penultimate-layer features of one of genlit's shipped classifiers (``digits``, ...).
+
+    Images of another size are resized to the size the classifier was trained at, and RGB
+    images turned grey, identically for real and generated images.
+
+    Args:
+        name: One of ``digits``, ``mnist``, ``fashion_mnist``.
+        weights_path: A weights file written by ``genlit.metrics.train_features`` to use
+            instead of the shipped one.
+    """
+
+    def __init__(self, name: str, weights_path: str | Path | None = None) -> None:
+        super().__init__()
+        if name not in CLASSIFIERS:
+            raise GenlitError(f"no genlit classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}")
+        path = Path(weights_path) if weights_path else WEIGHTS_DIR / f"{name}.pt"
+        if not path.is_file():
+            raise GenlitError(
+                f"the weights of genlit's {name} feature network are missing ({path}): reinstall "
+                f"genlit or run python -m genlit.metrics.train_features {name}"
+            )
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.name = name
+        self.classifier = SmallClassifier(**saved["config"])
+        self.classifier.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state_dict"].items()})
+        self.num_features = self.classifier.num_features
+        self.test_accuracy = float(saved.get("test_accuracy", float("nan")))
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = prepare_images(images, self.classifier.channels, self.classifier.input_size)
+        return self.classifier.features(x)  # (B, num_features)
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} (genlit's {CLASSIFIERS[self.name]} classifier, {self.num_features}-d; "
+            "comparable only with FIDs from the same network, not with Inception FIDs)"
+        )
+
+
+# --- Inception ---------------------------------------------------------------------------------
+
+
+def inception_weights_folder() -> Path:
+    """Where torch-fidelity downloads the Inception weights: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+class InceptionFeatures(FeatureExtractor):
+    """torchmetrics' 2048-d Inception v3 features (TF-ported weights), as in published FIDs.
+
+    Images are resized to 299x299 with TensorFlow 1's bilinear resize (torchmetrics'
+    ``antialias=False``); grey images are repeated over three channels.
+
+    Args:
+        weights_path: A local copy of ``weights-inception-2015-12-05-6726825d.pth``. Without
+            it the file is taken from ``$TORCH_HOME/hub/checkpoints`` or downloaded there.
+
+    Raises:
+        GenlitError: the weights are neither at ``weights_path``, nor in the hub folder, nor
+            downloadable; the message names the file, the folder and the argument to set.
+    """
+
+    name = "inception"
+    num_features = 2048
+
+    def __init__(self, weights_path: str | Path | None = None) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        folder = inception_weights_folder()
+        if weights_path is not None:
+            path: Path | None = Path(weights_path).expanduser()
+            if not path.is_file():
+                raise GenlitError(
+                    f"the Inception weights file {path} does not exist: set weights_path to a "
+                    f"copy of {INCEPTION_WEIGHTS_FILE}"
+                )
+        else:
+            path = folder / INCEPTION_WEIGHTS_FILE
+            path = path if path.is_file() else None  # None: torch-fidelity downloads it
+        try:
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=[str(self.num_features)],
+                feature_extractor_weights_path=None if path is None else str(path),
+                antialias=False,
+            )
+        except (urllib.error.URLError, OSError, RuntimeError, ValueError) as err:
+            if path is not None:
+                raise GenlitError(f"cannot load the Inception weights from {path}: {err}") from None
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise GenlitError(
+                f"the Inception weights {INCEPTION_WEIGHTS_FILE} are not in {folder} and could "
+                f"not be downloaded ({reason}): copy the file into that folder, or set "
+                f"weights_path to a local copy (or choose features=mnist, fashion_mnist or digits)"
+            ) from None
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)  # (B, 3, H, W)
+        return self.net(images).float()  # (B, 2048)
+
+    def describe(self) -> str:
+        return "inception (2048-d pool3, TF weights and resize: comparable with published FIDs)"
+
+
+# --- user networks -----------------------------------------------------------------------------
+
+
+class ModuleFeatures(FeatureExtractor):
+    """Any ``nn.Module`` mapping uint8 images ``(B, C, H, W)`` to features ``(B, ...)``.
+
+    Args:
+        module: The network; its output is flattened to ``(B, d)`` and cast to float32.
+        name: Its name in logs and cache keys (the import path when loaded by name).
+    """
+
+    def __init__(self, module: nn.Module, name: str | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.name = name or f"{type(module).__module__}.{type(module).__qualname__}"
+        dim = getattr(module, "num_features", None)
+        self.num_features = int(dim) if isinstance(dim, int) else None
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.module(images).reshape(len(images), -1).float()  # (B, d)
+
+
+def _import(path: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise GenlitError(
+            f"unknown feature network {path!r} ({type(err).__name__}: {err}); choose one of "
+            f"{', '.join(FEATURE_NETWORKS)}, or give an import path (package.module.Class)"
+        ) from None
+
+
+def load_features(spec: str | nn.Module, weights_path: str | Path | None = None) -> FeatureExtractor:
+    """The feature network named by ``spec``, in eval mode, on the CPU.
+
+    Args:
+        spec: ``inception``, ``digits``, ``mnist``, ``fashion_mnist``, an import path
+            (``package.module.Class`` or a function returning an ``nn.Module``), or a module.
+        weights_path: Inception: a local copy of the weights. genlit classifiers: a file
+            written by ``train_features``. A user class: a state dict to load into it.
+
+    Raises:
+        GenlitError: unknown name, or weights that cannot be found or loaded.
+    """
+    if isinstance(spec, FeatureExtractor):
+        return spec.eval()
+    if isinstance(spec, nn.Module):
+        return ModuleFeatures(spec)
+    if spec == "inception":
+        return InceptionFeatures(weights_path)
+    if spec in CLASSIFIERS:
+        return ClassifierFeatures(spec, weights_path)
+    if "." not in spec:
+        raise GenlitError(
+            f"unknown feature network {spec!r}; choose one of {', '.join(FEATURE_NETWORKS)}, "
+            "or give an import path (package.module.Class)"
+        )
+    factory = _import(spec)
+    module = factory() if callable(factory) else factory
+    if not isinstance(module, nn.Module):
+        raise GenlitError(f"feature network {spec} gave a {type(module).__name__}, not an nn.Module")
+    if weights_path is not None:
+        module.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    if isinstance(module, FeatureExtractor):
+        return module.eval()
+    return ModuleFeatures(module, name=spec)

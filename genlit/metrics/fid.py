@@ -1,0 +1,482 @@
+"""FID and KID against reference statistics computed once and cached on disk.
+
+The metrics are torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance``;
+genlit adds what a training run needs around them:
+
+* one feature pass per batch shared by both metrics (:class:`FeatureDistances`);
+* the real side computed once per (dataset, split, image size, feature network) and cached
+  under ``~/.cache/genlit/fid`` (``$GENLIT_CACHE_DIR/fid``, or any folder given), in a file
+  whose name hashes all of these, so a change of any of them misses the cache
+  (:func:`reference_statistics`); between evaluations only the generated side is reset;
+* the same path to the features for real and generated images: :func:`to_uint8` rounds
+  [-1, 1] to the nearest of 256 levels (not truncation), then the network resizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, RandomSampler
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
+from torchmetrics.utilities.data import dim_zero_cat
+
+from genlit.errors import GenlitError
+from genlit.metrics.features import FeatureExtractor
+
+__all__ = [
+    "FeatureDistances",
+    "ReferenceStats",
+    "default_cache_dir",
+    "generate_into",
+    "real_batches",
+    "reference_key",
+    "reference_path",
+    "reference_statistics",
+    "share",
+    "to_uint8",
+]
+
+_CACHE_VERSION = 1
+# Datamodule arguments that change how images are loaded, not which images: left out of the key.
+_LOADER_ONLY = {"batch_size", "num_workers", "in_memory", "download", "pin_memory"}
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [-1, 1] to uint8 in [0, 255], rounded to the nearest level (not truncated).
+
+    The inverse of the datamodules' ``-1 + x / 127.5``, so real images come back bit-exact.
+    """
+    return ((images.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def default_cache_dir() -> Path:
+    """``$GENLIT_CACHE_DIR/fid`` when set, else ``$XDG_CACHE_HOME/genlit/fid`` (``~/.cache/genlit/fid``)."""
+    root = os.environ.get("GENLIT_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "fid"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "genlit" / "fid"
+
+
+def share(n: int, world_size: int, rank: int) -> int:
+    """This rank's part of ``n`` samples split over ``world_size`` ranks (the parts sum to ``n``)."""
+    return n // world_size + (1 if rank < n % world_size else 0)
+
+
+# --- reference statistics ----------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceStats:
+    """The real side of FID and KID: feature sums (for FID) and the features (for KID).
+
+    Attributes:
+        key: What the statistics describe: dataset, split, image shape, feature network.
+        features_sum: Sum of the features, float64 ``(d,)``.
+        cov_sum: Sum of the outer products ``f f^T``, float64 ``(d, d)``.
+        num_samples: Number of real images.
+        image_shape: ``(C, H, W)`` of the real images.
+        features: All features, float32 ``(N, d)``, kept for KID; ``None`` without KID.
+        path: The cache file, once saved or loaded.
+    """
+
+    key: dict[str, Any]
+    features_sum: Tensor
+    cov_sum: Tensor
+    num_samples: int
+    image_shape: tuple[int, int, int]
+    features: Tensor | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.features_sum / self.num_samples
+
+    @property
+    def cov(self) -> Tensor:
+        """Unbiased sample covariance, as torchmetrics computes it."""
+        mean = self.mean[None]  # (1, d)
+        return (self.cov_sum - self.num_samples * mean.T @ mean) / (self.num_samples - 1)
+
+    def describe(self) -> str:
+        """E.g. ``MNIST test split, 10000 images of 1x28x28``."""
+        shape = "x".join(map(str, self.image_shape))
+        dataset = str(self.key.get("dataset", "images")).rsplit(".", 1)[-1]
+        return f"{dataset} {self.key.get('split', '?')} split, {self.num_samples} images of {shape}"
+
+    @classmethod
+    def from_features(
+        cls, features: Tensor, key: dict[str, Any], image_shape: tuple[int, int, int], keep: bool = True
+    ) -> ReferenceStats:
+        """The statistics of real features ``(N, d)`` computed elsewhere."""
+        f = features.detach().double().cpu()  # (N, d)
+        kept = features.detach().float().cpu() if keep else None
+        return cls(key, f.sum(dim=0), f.T @ f, len(f), tuple(image_shape), kept)
+
+    def save(self, path: Path) -> None:
+        """Writes the statistics atomically (a partial file never looks like a cache hit)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(
+            {
+                "key": self.key,
+                "features_sum": self.features_sum.cpu(),
+                "cov_sum": self.cov_sum.cpu(),
+                "num_samples": self.num_samples,
+                "image_shape": list(self.image_shape),
+                "features": None if self.features is None else self.features.cpu(),
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+        self.path = path
+
+    @classmethod
+    def load(cls, path: Path) -> ReferenceStats:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(
+            key=saved["key"],
+            features_sum=saved["features_sum"],
+            cov_sum=saved["cov_sum"],
+            num_samples=int(saved["num_samples"]),
+            image_shape=tuple(saved["image_shape"]),
+            features=saved["features"],
+            path=path,
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def reference_key(datamodule: Any, split: str, network: FeatureExtractor) -> dict[str, Any]:
+    """Everything the reference statistics depend on; the cache file name hashes it.
+
+    The dataset is the datamodule's class and every init argument that picks images (the
+    validation fraction and seed, paths, the image size), resolved paths included; the network
+    is its name and a hash of its weights.
+    """
+    cls = type(datamodule)
+    args = {k: v for k, v in dict(getattr(datamodule, "hparams", {}) or {}).items()}
+    for name in _LOADER_ONLY:
+        args.pop(name, None)
+    for name, value in args.items():
+        if name.endswith("root") and isinstance(value, str) and value:
+            args[name] = str(Path(value).expanduser().resolve())
+    channels, size = getattr(datamodule, "channels", None), getattr(datamodule, "image_size", None)
+    return {
+        "version": _CACHE_VERSION,
+        "dataset": f"{cls.__module__}.{cls.__qualname__}",
+        "data_args": _jsonable(args),
+        "split": split,
+        "image_shape": [channels, size, size] if channels and size else None,
+        "features": network.name,
+        "features_fingerprint": network.fingerprint(),
+    }
+
+
+def reference_path(key: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """The cache file of ``key``: readable prefix, then a hash of the whole key."""
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    dataset = str(key.get("dataset", "data")).rsplit(".", 1)[-1]
+    shape = key.get("image_shape")
+    size = f"{shape[-1]}px-" if shape else ""
+    features = str(key.get("features", "features")).rsplit(".", 1)[-1]
+    return folder / f"{dataset}-{key.get('split')}-{size}{features}-{digest[:16]}.pt"
+
+
+def _in_order(loader: Any) -> Any:
+    """The same batches without shuffling or a dropped last batch (a training loader's habits)."""
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:
+        return loader
+    if not loader.drop_last and not isinstance(loader.sampler, RandomSampler):
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )
+
+
+_STAGES = {"train": "fit", "val": "validate", "test": "test"}
+
+
+def real_batches(datamodule: Any, split: str, device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """The real images of ``datamodule``'s split as uint8 batches ``(B, C, H, W)`` on ``device``.
+
+    Sets the split up, then runs each batch through the datamodule's transfer hooks as the
+    Trainer does (the in-memory datamodules gather their index batches there).
+
+    Raises:
+        GenlitError: unknown split or an empty one.
+    """
+    from genlit.models.base import GenerativeModel
+
+    if split not in _STAGES:
+        raise GenlitError(f"reference split must be one of train, val, test; got {split!r}")
+    datamodule.setup(_STAGES[split])
+    loader = _in_order(getattr(datamodule, f"{split}_dataloader")())
+    if isinstance(loader, (list, tuple)):
+        if not loader:
+            raise GenlitError(
+                f"{type(datamodule).__name__} has no {split} split (is val_fraction 0?): "
+                "choose another reference split (split=test or split=train)"
+            )
+        loader = loader[0]
+    device = torch.device(device)
+    for batch in loader:
+        batch = datamodule.on_before_batch_transfer(batch, 0)
+        batch = datamodule.transfer_batch_to_device(batch, device, 0)
+        batch = datamodule.on_after_batch_transfer(batch, 0)
+        yield to_uint8(GenerativeModel.unpack(batch))
+
+
+def reference_statistics(
+    datamodule: Any,
+    split: str,
+    distances: FeatureDistances,
+    cache_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> ReferenceStats:
+    """The real side for ``distances``: read from the cache, or computed once and cached.
+
+    Args:
+        datamodule: Gives the real images (only read on a cache miss).
+        split: ``train``, ``val`` or ``test``.
+        distances: Holds the feature network; also says whether KID's features are kept.
+        cache_dir: Folder of the cache files; :func:`default_cache_dir` by default.
+        device: Where the features of a cache miss are computed.
+    """
+    key = reference_key(datamodule, split, distances.network)
+    path = reference_path(key, cache_dir)
+    if path.is_file():
+        stats = ReferenceStats.load(path)
+        if stats.key == key and (stats.features is not None or distances.kid is None):
+            return stats
+    stats = distances.measure(real_batches(datamodule, split, device), key)
+    if stats.num_samples < 2:
+        raise GenlitError(f"the {split} split of {type(datamodule).__name__} has fewer than 2 images")
+    stats.save(path)
+    return stats
+
+
+# --- the metrics -------------------------------------------------------------------------------
+
+
+class _Precomputed(nn.Module):
+    """The metrics' "feature network": the features are computed once, outside, for both."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+class _ReferenceKID(KernelInceptionDistance):
+    """torchmetrics' KID with the real features fixed and identical on every rank.
+
+    Only the generated features are a synced state: kept as a state, the real ones would be
+    gathered once per rank and counted ``world_size`` times.
+    """
+
+    def __init__(self, reference: Tensor, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(reset_real_features=False, **kwargs)
+        self.register_buffer("reference", reference, persistent=False)
+        self.seed = seed
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        real = self.reference.double()
+        fake = dim_zero_cat(self.fake_features).double()
+        m = min(self.subset_size, len(real), len(fake))
+        if m < 2:
+            raise GenlitError("KID needs at least 2 generated and 2 real images")
+        # A seeded generator: the same subsets every evaluation, and the global RNG untouched.
+        rng = torch.Generator().manual_seed(self.seed)
+        scores = []
+        for _ in range(self.subsets):
+            i = torch.randperm(len(real), generator=rng)[:m].to(real.device)
+            j = torch.randperm(len(fake), generator=rng)[:m].to(fake.device)
+            scores.append(poly_mmd(real[i], fake[j], self.degree, self.gamma, self.coef))
+        kid = torch.stack(scores)
+        return kid.mean(), kid.std(unbiased=False)
+
+
+class FeatureDistances(nn.Module):
+    """FID (and KID) of generated images against fixed real statistics, one feature pass each.
+
+    Call :meth:`set_reference` once, :meth:`update` with generated batches, :meth:`compute`,
+    then :meth:`reset`, which clears the generated side only. Under DDP each rank updates
+    with its own samples and torchmetrics sums the states at ``compute``.
+
+    Args:
+        network: The feature network.
+        image_shape: ``(C, H, W)`` of the images (finds d for networks that do not say it).
+        kid: Also compute KID (keeps the reference features, ``N x d`` floats, in memory).
+        kid_subsets: KID's number of random subsets.
+        kid_subset_size: KID's subset size, capped at the smaller of the two sample counts.
+        seed: Seed of KID's subsets.
+    """
+
+    def __init__(
+        self,
+        network: FeatureExtractor,
+        image_shape: tuple[int, int, int] | None = None,
+        kid: bool = True,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        if network.num_features is None and image_shape is None:
+            raise ValueError(f"{network.name} does not say its feature size: give image_shape")
+        self.num_features = network.output_dim(image_shape) if image_shape else network.num_features
+        self.fid = FrechetInceptionDistance(
+            feature=_Precomputed(self.num_features), reset_real_features=False
+        )
+        self.kid: _ReferenceKID | None = None
+        self._kid_args = dict(subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+        self._kid_wanted = kid
+        self.reference: ReferenceStats | None = None
+        self.image_shape = image_shape
+        if kid:
+            self._build_kid(torch.zeros(0, self.num_features))
+
+    def _build_kid(self, reference: Tensor) -> None:
+        device = self.fid.device
+        with warnings.catch_warnings():  # "KID will save all extracted features in buffer"
+            warnings.simplefilter("ignore")
+            self.kid = _ReferenceKID(
+                reference, feature=_Precomputed(self.num_features), **self._kid_args
+            ).to(device)
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """Features ``(B, d)`` of uint8 images ``(B, C, H, W)``."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"feature networks take uint8 images (use to_uint8), got {images.dtype}")
+        return self.network(images)
+
+    def update(self, images: Tensor) -> None:
+        """Adds generated uint8 images ``(B, C, H, W)``."""
+        if self.image_shape is not None and tuple(images.shape[1:]) != tuple(self.image_shape):
+            raise GenlitError(
+                f"generated images are {'x'.join(map(str, images.shape[1:]))} but the real ones "
+                f"are {'x'.join(map(str, self.image_shape))}: set the generator's channels and "
+                "image_size to the datamodule's"
+            )
+        self.update_features(self.features(images), real=False)
+
+    @torch.no_grad()
+    def update_features(self, features: Tensor, real: bool = False) -> None:
+        """Adds features ``(B, d)`` computed elsewhere, to the generated (or the real) side."""
+        self.fid.update(features, real=real)
+        if self.kid is not None and not real:
+            self.kid.update(features, real=False)
+
+    def measure(self, batches: Iterable[Tensor], key: dict[str, Any]) -> ReferenceStats:
+        """Reference statistics of real uint8 batches (the generated side is left untouched)."""
+        total = torch.zeros(self.num_features, dtype=torch.float64, device=self.fid.device)
+        outer = torch.zeros(self.num_features, self.num_features, dtype=torch.float64, device=total.device)
+        kept, count, shape = [], 0, None
+        for images in batches:
+            shape = list(images.shape[1:])
+            feats = self.features(images.to(total.device)).double()  # (B, d)
+            total += feats.sum(dim=0)
+            outer += feats.T @ feats  # (d, d), as torchmetrics accumulates it
+            count += len(feats)
+            if self._kid_wanted:
+                kept.append(feats.float().cpu())
+        if shape is None:
+            raise GenlitError(f"no real images for {key.get('dataset')} ({key.get('split')} split)")
+        features = torch.cat(kept) if kept else None
+        return ReferenceStats(key, total.cpu(), outer.cpu(), count, tuple(shape), features)
+
+    def set_reference(self, stats: ReferenceStats, hold: bool = True) -> None:
+        """Makes ``stats`` the real side; the generated side starts empty.
+
+        Args:
+            stats: The reference statistics.
+            hold: Whether this rank carries FID's real sums. Under DDP only rank 0 does (the
+                states are summed over ranks at ``compute``); KID's features are on every rank.
+        """
+        if self._kid_wanted and stats.features is None:
+            raise GenlitError("these reference statistics were saved without features: KID needs them")
+        self.reference = stats
+        self.image_shape = stats.image_shape
+        self.fid.reset()
+        device = self.fid.device
+        scale = 1.0 if hold else 0.0
+        self.fid.real_features_sum = stats.features_sum.to(device) * scale
+        self.fid.real_features_cov_sum = stats.cov_sum.to(device) * scale
+        count = stats.num_samples if hold else 0
+        self.fid.real_features_num_samples = torch.tensor(count, dtype=torch.long, device=device)
+        if self._kid_wanted:
+            self._build_kid(stats.features.to(device))
+
+    def compute(self) -> dict[str, float]:
+        """``{"fid": ..., "kid_mean": ..., "kid_std": ...}`` over every rank's generated images."""
+        if self.reference is None:
+            raise RuntimeError("set_reference() first")
+        values = {"fid": float(self.fid.compute())}
+        if self.kid is not None:
+            kid_mean, kid_std = self.kid.compute()
+            values.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
+        return values
+
+    def reset(self) -> None:
+        """Clears the generated side; the reference stays."""
+        self.fid.reset()
+        if self.kid is not None:
+            self.kid.reset()
+
+
+def generate_into(
+    distances: FeatureDistances,
+    sample: Callable[[int], Tensor],
+    n: int,
+    batch_size: int = 500,
+) -> int:
+    """Draws ``n`` images with ``sample(b)`` in batches and adds them to the generated side.
+
+    Args:
+        distances: Receives the images.
+        sample: Returns ``b`` images ``(b, C, H, W)`` in [-1, 1] (``model.sample``).
+        n: Number of images.
+        batch_size: Images per call of ``sample``.
+
+    Returns:
+        The number of images added.
+    """
+    done = 0
+    while done < n:
+        b = min(batch_size, n - done)
+        with torch.no_grad():
+            images = sample(b)
+        if images.dim() != 4:
+            raise GenlitError(
+                f"FID needs images (N, C, H, W) but sample() returns shape {tuple(images.shape)}"
+            )
+        distances.update(to_uint8(images))
+        done += b
+    return done
