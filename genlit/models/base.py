@@ -9,6 +9,7 @@ say what one discriminator step and one generator step compute.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 import torch
@@ -19,6 +20,24 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from genlit.errors import GenlitError
+
+
+def _skip_failing_nvml_probe() -> None:
+    # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 at import (to keep fork-safe). On a machine
+    # with a CUDA build of torch but no NVIDIA driver, every Adam step then tries to load NVML
+    # again and fails (about 0.5 ms each, more than a tiny network's whole step). Without a
+    # driver there is nothing to keep fork-safe, so let torch use its cached runtime check.
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1" or not torch.cuda._is_compiled():
+        return
+    try:
+        no_driver = torch.cuda._device_count_nvml() < 0
+    except Exception:  # noqa: BLE001 - a private probe: keep Lightning's setting if it changes
+        return
+    if no_driver:
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+
+
+_skip_failing_nvml_probe()
 
 
 class GenerativeModel(LightningModule):
