@@ -32,7 +32,6 @@ from genlit.models import GAN
 from genlit.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from genlit.networks.mlp import MLPDiscriminator, MLPGenerator
 
-
 CLOCK: Callable[[], float] = time.process_time
 
 
