@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import numpy as np
 import pytest
@@ -252,12 +254,6 @@ def test_ae_fits_the_gaussian_of_its_training_codes(tmp_path):
     assert_close(model.latent_cov, torch.cov(codes.T).float(), rtol=1e-4, atol=1e-6)
 
 
-def test_ae_refits_over_the_training_batches_at_the_end_of_fit(tmp_path):
-    model = AE(*_pair(conv=False), optimizer=_sgd)
-    _fit(model, tmp_path, batches=2)
-    assert model.latent_count.item() == 2 * 32  # limit_train_batches=2 holds for the refit too
-
-
 def test_ae_samples_from_the_fitted_gaussian_and_checkpoints_it():
     model = AE(*_pair(conv=False))
     mean = torch.tensor([1.0, -2.0, 0.5, 3.0])
@@ -303,3 +299,75 @@ def test_reconstruction_grid_skips_models_without_reconstruct(tmp_path):
     with pytest.warns(UserWarning, match="has no reconstruct"):
         _fit(model, tmp_path, callbacks=[grid])
     assert grid.last_path is None
+
+
+def test_ae_refit_uses_the_final_weights_over_the_limited_training_batches(tmp_path):
+    torch.manual_seed(0)
+    model = AE(*_pair(), optimizer=_sgd)  # conv, with batch norm: eval mode matters
+    seen = []
+    original = model.fit_latent_gaussian
+
+    def spy(batches, max_batches=None):
+        seen.append(max_batches)
+        batches = list(itertools.islice(batches, max_batches))
+        seen.append(batches)
+        original(batches)
+
+    model.fit_latent_gaussian = spy
+    trainer = _fit(model, tmp_path, batches=2)
+    max_batches, batches = seen
+    assert max_batches == 2  # limit_train_batches=2 holds for the refit too
+    images = torch.cat([trainer.datamodule.gather(b.indices)[0] for b in batches])
+    model.eval()
+    with torch.no_grad():
+        codes = model.encoder(images).double()
+    assert model.latent_count.item() == len(codes) == 2 * 32
+    assert_close(model.latent_mean, codes.mean(0).float())
+    assert_close(model.latent_cov, torch.cov(codes.T).float(), rtol=1e-4, atol=1e-6)
+
+
+def test_vae_binarize_draws_binary_images_with_the_grey_level_as_probability():
+    model = VAE(*_pair(gaussian=True, conv=False), binarize=True)
+    x = torch.full((200, 1, 8, 8), 0.5)  # P(1) = 0.75
+    binary = model.binarized(x, torch.Generator().manual_seed(0))
+    assert set(binary.unique().tolist()) == {-1.0, 1.0}
+    assert ((binary + 1) / 2).mean().item() == pytest.approx(0.75, abs=0.01)
+    assert torch.equal(VAE(*_pair(gaussian=True, conv=False)).binarized(x), x)
+    with pytest.raises(ValueError, match="binarize needs likelihood 'bernoulli'"):
+        VAE(*_pair(gaussian=True), likelihood="gaussian", binarize=True)
+
+
+@pytest.mark.usefixtures("no_network")
+@pytest.mark.parametrize("latent", [2, 10, 20])
+def test_table_configs_train_two_steps(latent, tmp_path):
+    # tests/test_configs.py writes 130 fake MNIST images: with 1/6 held out, batch 128 leaves no
+    # full training batch, so these configs are also run here with smaller batches.
+    from pathlib import Path
+
+    from fakedata import make_mnist
+
+    from genlit.cli import GenlitCLI
+
+    make_mnist(tmp_path / "data", "MNIST", n_train=130, n_test=20)
+    config = Path(__file__).resolve().parents[1] / "configs" / "mnist" / f"vae_latent{latent}.yaml"
+    cli = GenlitCLI(
+        args=[
+            "fit",
+            "--config",
+            str(config),
+            f"--data.init_args.root={tmp_path / 'data'}",
+            "--data.init_args.download=false",
+            "--data.init_args.batch_size=32",
+            "--trainer.max_steps=2",
+            "--trainer.limit_train_batches=2",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert cli.trainer.global_step == 2
+    assert cli.model.latent_dim == latent
+    assert {"val/elbo", "val/mutual_info", "val/marginal_kl"} <= cli.trainer.callback_metrics.keys()

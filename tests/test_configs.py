@@ -22,7 +22,7 @@ def _fake_root(data_class: str, root: Path) -> Path | None:
     """Writes a tiny copy of the dataset in its real layout; None for data that needs no files."""
     name = data_class.rsplit(".", 1)[-1]
     if name in ("MNIST", "FashionMNIST"):
-        make_mnist(root, name, n_train=130, n_test=20)
+        make_mnist(root, name, n_train=300, n_test=20)
     elif name == "CIFAR10":
         make_cifar(root, per_batch=26)
     elif name == "CelebA":
