@@ -21,8 +21,8 @@ from datamodules.images import DatasetNotFoundError
 from genlit.callbacks import RunSummary
 from genlit.config_errors import explain
 from genlit.errors import GenlitError
-from genlit.models import GenerativeModel
 from genlit.evaluate import evaluate_main
+from genlit.models import GenerativeModel
 from genlit.sample import sample_main
 
 

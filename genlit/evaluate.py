@@ -182,7 +182,11 @@ def build_datamodule(data: dict[str, Any], overrides: list[str]) -> Any:
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     try:
         parsed = parser.parse_args(["--data", json.dumps(data), *overrides])
-        built = parser.instantiate(parsed) if hasattr(parser, "instantiate") else parser.instantiate_classes(parsed)
+        built = (
+            parser.instantiate(parsed)
+            if hasattr(parser, "instantiate")
+            else parser.instantiate_classes(parsed)
+        )
     except Exception as err:  # noqa: BLE001 - jsonargparse's errors span lines
         message = str(err).strip().splitlines()
         raise GenlitError(f"data: {message[0] if message else type(err).__name__}") from None
@@ -199,15 +203,43 @@ def evaluate_main(argv: list[str]) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint written by genlit fit")
     source.add_argument("--images", help="folder of images of the datamodule's size")
-    parser.add_argument("--config", required=True, help="experiment YAML; its data section gives the real images")
-    parser.add_argument("--features", default=None, help="inception, digits, mnist, fashion_mnist or an import path (default: the config's FID callback, else inception)")
-    parser.add_argument("--num_samples", type=int, default=None, help="generated images (default: the config's FID callback, else 10000)")
-    parser.add_argument("--split", choices=["train", "val", "test"], default=None, help="reference split (default test)")
-    parser.add_argument("--weights_path", default=None, help="local weights of the feature network (Inception offline)")
-    parser.add_argument("--cache_dir", default=None, help="folder of cached reference statistics (default ~/.cache/genlit/fid)")
+    parser.add_argument(
+        "--config", required=True, help="experiment YAML; its data section gives the real images"
+    )
+    parser.add_argument(
+        "--features",
+        default=None,
+        help="inception, digits, mnist, fashion_mnist or an import path (default: the config's FID callback, else inception)",
+    )
+    parser.add_argument(
+        "--num_samples",
+        type=int,
+        default=None,
+        help="generated images (default: the config's FID callback, else 10000)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default=None,
+        help="reference split (default test)",
+    )
+    parser.add_argument(
+        "--weights_path",
+        default=None,
+        help="local weights of the feature network (Inception offline)",
+    )
+    parser.add_argument(
+        "--cache_dir",
+        default=None,
+        help="folder of cached reference statistics (default ~/.cache/genlit/fid)",
+    )
     parser.add_argument("--no_kid", action="store_true", help="skip KID")
-    parser.add_argument("--batch_size", type=int, default=500, help="images per batch (default 500)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument(
+        "--batch_size", type=int, default=500, help="images per batch (default 500)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, ... (default: cuda when available)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     args, overrides = parser.parse_known_args(argv)
     unknown = [a for a in overrides if a.startswith("--") and not a.startswith("--data.")]

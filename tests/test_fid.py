@@ -70,7 +70,9 @@ def pytorch_fid(real: np.ndarray, fake: np.ndarray) -> float:
 
 def exact_gaussian(n: int, mean: torch.Tensor, std: torch.Tensor, seed: int) -> torch.Tensor:
     """n points whose sample mean and unbiased sample covariance are exactly mean, diag(std^2)."""
-    z = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z = torch.randn(
+        n, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     z = z - z.mean(dim=0)
     cov = z.T @ z / (n - 1)
     z = z @ torch.linalg.inv(torch.linalg.cholesky(cov)).T  # sample covariance now exactly I
@@ -96,7 +98,9 @@ def test_fid_does_not_depend_on_the_order_of_the_samples():
     gen = torch.Generator().manual_seed(1)
     real, fake = torch.randn(600, 6, generator=gen), torch.rand(400, 6, generator=gen)
     shuffled = fake[torch.randperm(400, generator=gen)]
-    torch.testing.assert_close(fid_of(real, shuffled)["fid"], fid_of(real, fake)["fid"], rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        fid_of(real, shuffled)["fid"], fid_of(real, fake)["fid"], rtol=1e-9, atol=0
+    )
 
 
 def test_fid_of_two_gaussians_is_the_closed_form():
@@ -135,8 +139,8 @@ def test_kid_over_whole_sets_is_torchmetrics_polynomial_mmd():
     # with real and fake of equal size, where each subset is a permutation of everything.
     values = fid_of(real[:200], fake, kid=True, kid_subset_size=1000, kid_subsets=3)
     expected = float(poly_mmd(real[:200].double(), fake.double()))
-    torch.testing.assert_close(values["kid_mean"], expected, rtol=1e-9, atol=0)
-    assert values["kid_std"] < 1e-9
+    torch.testing.assert_close(values["kid_mean"], expected, rtol=1e-5, atol=0)
+    assert values["kid_std"] < 1e-6 * abs(expected)
 
 
 def test_ranks_summing_their_states_give_the_single_process_value():
@@ -148,12 +152,22 @@ def test_ranks_summing_their_states_give_the_single_process_value():
     for rank, distances in enumerate(ranks):
         distances.set_reference(stats, hold=rank == 0)
         distances.update_features(fake[share(300, 2, 0) :] if rank else fake[: share(300, 2, 0)])
-    assert share(300, 2, 0) + share(300, 2, 1) == 300 and share(7, 3, 0) == 3 and share(7, 3, 2) == 2
+    assert (
+        share(300, 2, 0) + share(300, 2, 1) == 300 and share(7, 3, 0) == 3 and share(7, 3, 2) == 2
+    )
     merged = ranks[0]
-    for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples",
-                 "fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples"):
+    for name in (
+        "real_features_sum",
+        "real_features_cov_sum",
+        "real_features_num_samples",
+        "fake_features_sum",
+        "fake_features_cov_sum",
+        "fake_features_num_samples",
+    ):
         setattr(merged.fid, name, getattr(ranks[0].fid, name) + getattr(ranks[1].fid, name))
-    torch.testing.assert_close(merged.compute()["fid"], fid_of(real, fake)["fid"], rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        merged.compute()["fid"], fid_of(real, fake)["fid"], rtol=1e-9, atol=0
+    )
 
 
 def test_only_the_generated_side_is_reset():
@@ -187,16 +201,25 @@ def test_reference_statistics_are_computed_once_and_then_read_from_the_cache(tmp
     CountingDigits.passes = 0
     network = load_features("digits")
     first = FeatureDistances(network, (1, 16, 16))
-    stats = reference_statistics(CountingDigits(image_size=16, val_fraction=0.1), "val", first, tmp_path)
+    stats = reference_statistics(
+        CountingDigits(image_size=16, val_fraction=0.1), "val", first, tmp_path
+    )
     assert CountingDigits.passes == 1 and stats.num_samples == 180
     assert stats.path.parent == tmp_path and stats.path.is_file()
     # A new run (fresh datamodule and metric) reads the file and never touches the images.
     again = reference_statistics(
-        CountingDigits(image_size=16, val_fraction=0.1), "val", FeatureDistances(network, (1, 16, 16)), tmp_path
+        CountingDigits(image_size=16, val_fraction=0.1),
+        "val",
+        FeatureDistances(network, (1, 16, 16)),
+        tmp_path,
     )
     assert CountingDigits.passes == 1
     torch.testing.assert_close(again.cov_sum, stats.cov_sum, rtol=0, atol=0)
     torch.testing.assert_close(again.features, stats.features, rtol=0, atol=0)
+    # A truncated file is a cache miss, not a crash.
+    stats.path.write_bytes(b"not a torch file")
+    reference_statistics(CountingDigits(image_size=16, val_fraction=0.1), "val", first, tmp_path)
+    assert CountingDigits.passes == 2
     # The real images of the val split against their own statistics: FID 0.
     first.set_reference(again)
     for batch in real_batches(Digits(image_size=16, val_fraction=0.1), "val"):
@@ -206,20 +229,35 @@ def test_reference_statistics_are_computed_once_and_then_read_from_the_cache(tmp
 
 def test_the_cache_key_changes_with_image_size_feature_network_split_and_data(tmp_path):
     digits, mnist = load_features("digits"), load_features("mnist")
-    base = reference_path(reference_key(Digits(image_size=16, val_fraction=0.1), "val", digits), tmp_path)
-    assert base == reference_path(reference_key(Digits(image_size=16, val_fraction=0.1, batch_size=7), "val", digits), tmp_path)
+    base = reference_path(
+        reference_key(Digits(image_size=16, val_fraction=0.1), "val", digits), tmp_path
+    )
+    assert base == reference_path(
+        reference_key(Digits(image_size=16, val_fraction=0.1, batch_size=7), "val", digits),
+        tmp_path,
+    )
     others = {
-        reference_path(reference_key(Digits(image_size=8, val_fraction=0.1), "val", digits), tmp_path),
-        reference_path(reference_key(Digits(image_size=16, val_fraction=0.1), "val", mnist), tmp_path),
-        reference_path(reference_key(Digits(image_size=16, val_fraction=0.1), "train", digits), tmp_path),
-        reference_path(reference_key(Digits(image_size=16, val_fraction=0.2), "val", digits), tmp_path),
+        reference_path(
+            reference_key(Digits(image_size=8, val_fraction=0.1), "val", digits), tmp_path
+        ),
+        reference_path(
+            reference_key(Digits(image_size=16, val_fraction=0.1), "val", mnist), tmp_path
+        ),
+        reference_path(
+            reference_key(Digits(image_size=16, val_fraction=0.1), "train", digits), tmp_path
+        ),
+        reference_path(
+            reference_key(Digits(image_size=16, val_fraction=0.2), "val", digits), tmp_path
+        ),
     }
     assert base not in others and len(others) == 4
     # Other weights under the same name are another network.
     retrained = load_features("digits")
     with torch.no_grad():
         retrained.classifier.body[-2].bias.add_(1e-3)
-    assert reference_key(Digits(image_size=16), "val", retrained) != reference_key(Digits(image_size=16), "val", digits)
+    assert reference_key(Digits(image_size=16), "val", retrained) != reference_key(
+        Digits(image_size=16), "val", digits
+    )
 
 
 def test_the_cache_folder_follows_genlit_cache_dir(monkeypatch, tmp_path):
@@ -244,20 +282,39 @@ def tiny_gan() -> GAN:
 
 def fit(tmp_path: Path, callback: FID, val_fraction: float, epochs: int = 1) -> Trainer:
     torch.manual_seed(0)
-    checkpoint = ModelCheckpoint(monitor="val/fid", mode="min", save_last=True, dirpath=tmp_path / "ckpt",
-                                 every_n_epochs=callback.every_n_epochs)
-    trainer = Trainer(
-        max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[callback, checkpoint], default_root_dir=tmp_path, accelerator="cpu",
+    checkpoint = ModelCheckpoint(
+        monitor="val/fid",
+        mode="min",
+        save_last=True,
+        dirpath=tmp_path / "ckpt",
+        every_n_epochs=callback.every_n_epochs,
     )
-    trainer.fit(tiny_gan(), datamodule=Digits(image_size=16, batch_size=32, val_fraction=val_fraction))
+    trainer = Trainer(
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback, checkpoint],
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
+    trainer.fit(
+        tiny_gan(), datamodule=Digits(image_size=16, batch_size=32, val_fraction=val_fraction)
+    )
     return trainer
 
 
 def test_the_callback_logs_fid_and_kid_at_validation_and_the_checkpoint_keeps_the_best(tmp_path):
-    callback = FID(features="digits", split="val", num_samples=None, cache_dir=str(tmp_path / "cache"),
-                   kid_subsets=10)
+    callback = FID(
+        features="digits",
+        split="val",
+        num_samples=None,
+        cache_dir=str(tmp_path / "cache"),
+        kid_subsets=10,
+    )
     trainer = fit(tmp_path, callback, val_fraction=0.1)
     metrics = trainer.callback_metrics
     assert {"val/fid", "val/kid_mean", "val/kid_std", "val/fid_num_samples"} <= set(metrics)
@@ -270,7 +327,9 @@ def test_the_callback_logs_fid_and_kid_at_validation_and_the_checkpoint_keeps_th
 
 
 def test_the_callback_leaves_the_training_rng_alone_and_repeats_its_value(tmp_path):
-    callback = FID(features="digits", split="val", num_samples=100, cache_dir=str(tmp_path), kid=False)
+    callback = FID(
+        features="digits", split="val", num_samples=100, cache_dir=str(tmp_path), kid=False
+    )
     trainer = fit(tmp_path, callback, val_fraction=0.1)
     model = trainer.lightning_module
     state = torch.random.get_rng_state()
@@ -280,11 +339,19 @@ def test_the_callback_leaves_the_training_rng_alone_and_repeats_its_value(tmp_pa
 
 
 def test_without_a_validation_split_the_callback_runs_at_the_end_of_training_epochs(tmp_path):
-    callback = FID(features="digits", split="train", num_samples=64, every_n_epochs=2,
-                   cache_dir=str(tmp_path), kid=False)
+    callback = FID(
+        features="digits",
+        split="train",
+        num_samples=64,
+        every_n_epochs=2,
+        cache_dir=str(tmp_path),
+        kid=False,
+    )
     seen = []
     original = callback.evaluate
-    callback.evaluate = lambda trainer, module, stage="val": seen.append(trainer.current_epoch) or original(trainer, module, stage)
+    callback.evaluate = lambda trainer, module, stage="val": (
+        seen.append(trainer.current_epoch) or original(trainer, module, stage)
+    )
     trainer = fit(tmp_path, callback, val_fraction=0.0, epochs=4)
     assert seen == [1, 3]
     assert float(trainer.callback_metrics["val/fid_num_samples"]) == 64
@@ -294,27 +361,63 @@ def test_more_samples_than_real_images_are_capped_with_a_warning():
     callback = FID(features="digits", num_samples=5000)
     with pytest.warns(UserWarning, match="num_samples=5000 is more than the 180 real images"):
         assert callback.total_samples(180) == 180
-    assert FID(num_samples=None).total_samples(180) == 180 and FID(num_samples=50).total_samples(180) == 50
+    assert (
+        FID(num_samples=None).total_samples(180) == 180
+        and FID(num_samples=50).total_samples(180) == 50
+    )
 
 
 # --- genlit evaluate ---------------------------------------------------------------------------
 
 
-def test_genlit_evaluate_on_a_checkpoint_and_on_a_folder_of_images(tmp_path, capsys):
-    config = REPO / "configs" / "digits" / "nsgan.yaml"
-    main([
-        "fit", "--config", str(config), "--generator_steps=1", "--trainer.max_epochs=1",
-        "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp_path}",
-    ])
+def test_genlit_evaluate_repeats_the_callbacks_value_from_its_cache_and_reads_folders(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("GENLIT_CACHE_DIR", str(tmp_path / "cache"))
+    config = REPO / "configs" / "quickstart.yaml"  # FID with the digits network at validation
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--generator_steps=2",
+            "--trainer.limit_train_batches=2",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    summary = capsys.readouterr().out
+    logged = summary.split("val/fid ")[1].split()[0]
+    cache_files = list((tmp_path / "cache" / "fid").glob("*.pt"))
+    assert len(cache_files) == 1
+
     ckpt = next(tmp_path.rglob("last.ckpt"))
-    cache = tmp_path / "cache"
-    main(["evaluate", "--ckpt", str(ckpt), "--config", str(config), "--num_samples", "300",
-          "--split", "val", "--cache_dir", str(cache)])
+    main(["evaluate", "--ckpt", str(ckpt), "--config", str(config)])
     report = capsys.readouterr().out
-    assert "genlit: FID" in report and "KID" in report
+    assert report.startswith(f"genlit: FID {logged}, KID ")  # same weights, same seeded noise
+    assert "1617 from" in report and "Digits train split, 1617 images of 1x16x16" in report
+    assert "digits (genlit" in report and str(cache_files[0]) in report
+    assert list((tmp_path / "cache" / "fid").glob("*.pt")) == cache_files  # the run's statistics
+
+    main(
+        [
+            "evaluate",
+            "--ckpt",
+            str(ckpt),
+            "--config",
+            str(config),
+            "--split",
+            "val",
+            "--num_samples",
+            "300",
+            "--cache_dir",
+            str(tmp_path / "other"),
+        ]
+    )
+    report = capsys.readouterr().out
     assert "180 from" in report  # 300 asked, capped at the 180 real val images
-    assert "Digits val split, 180 images of 1x16x16" in report and "digits (genlit" in report
 
     # The val images themselves, saved as PNG (lossless): FID 0 against the val split.
     from PIL import Image
@@ -324,8 +427,20 @@ def test_genlit_evaluate_on_a_checkpoint_and_on_a_folder_of_images(tmp_path, cap
     images = torch.cat(list(real_batches(Digits(image_size=16, val_fraction=0.1), "val")))
     for i, image in enumerate(images):
         Image.fromarray(image[0].numpy()).save(folder / f"{i:04d}.png")
-    main(["evaluate", "--images", str(folder), "--config", str(config), "--split", "val",
-          "--cache_dir", str(cache), "--no_kid"])
+    main(
+        [
+            "evaluate",
+            "--images",
+            str(folder),
+            "--config",
+            str(config),
+            "--split",
+            "val",
+            "--cache_dir",
+            str(tmp_path / "other"),
+            "--no_kid",
+        ]
+    )
     report = capsys.readouterr().out
     fid = float(report.split("FID ")[1].split()[0].rstrip(","))
     assert abs(fid) < 1e-3 and "180 from" in report and "KID" not in report
@@ -334,7 +449,17 @@ def test_genlit_evaluate_on_a_checkpoint_and_on_a_folder_of_images(tmp_path, cap
 def test_genlit_evaluate_errors_are_one_line(tmp_path, capsys):
     config = REPO / "configs" / "digits" / "nsgan.yaml"
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", "--images", str(tmp_path), "--config", str(config), "--cache_dir", str(tmp_path)])
+        main(
+            [
+                "evaluate",
+                "--images",
+                str(tmp_path),
+                "--config",
+                str(config),
+                "--cache_dir",
+                str(tmp_path),
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("genlit: error: no images") and "\n" not in err
@@ -347,7 +472,9 @@ def test_a_user_feature_network_module_works_end_to_end(tmp_path):
 
     distances = FeatureDistances(load_features(Pool()), (1, 16, 16), kid=False)
     assert distances.num_features == 16
-    stats = reference_statistics(Digits(image_size=16, val_fraction=0.1), "val", distances, tmp_path)
+    stats = reference_statistics(
+        Digits(image_size=16, val_fraction=0.1), "val", distances, tmp_path
+    )
     distances.set_reference(stats)
     for batch in real_batches(Digits(image_size=16, val_fraction=0.1), "val"):
         distances.update(batch)

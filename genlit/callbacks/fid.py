@@ -106,6 +106,7 @@ class FID(Callback):
         self.last: dict[str, float] = {}
         self._validation_off: bool | None = None
         self._announced = False
+        self._warned_cap = False
 
     # --- when ----------------------------------------------------------------------------
 
@@ -180,7 +181,8 @@ class FID(Callback):
         if self.num_samples is None:
             return num_real
         if self.num_samples > num_real:
-            if not self._announced:
+            if not self._warned_cap:
+                self._warned_cap = True
                 rank_zero_warn(
                     f"FID: num_samples={self.num_samples} is more than the {num_real} real "
                     f"images of the {self.split} split; using {num_real}"
@@ -202,16 +204,22 @@ class FID(Callback):
         self.last = dict(values, num_samples=n)
         return self.last
 
-    def evaluate(self, trainer: Trainer, pl_module: LightningModule, stage: str = "val") -> dict[str, float]:
+    def evaluate(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str = "val"
+    ) -> dict[str, float]:
         """Measures, then logs ``{stage}/fid``, ``{stage}/kid_mean``, ... and one line of settings."""
         values = dict(self.measure(trainer, pl_module))
         n = int(values.pop("num_samples"))
         if not self._announced:
             self._announce(trainer, n)
         for key, value in values.items():
-            pl_module.log(f"{stage}/{key}", value, sync_dist=False, prog_bar=key == "fid")
-        pl_module.log(f"{stage}/fid_num_samples", float(n), sync_dist=False)
-        kid = f", KID {values['kid_mean']:.4g} ± {values['kid_std']:.2g}" if "kid_mean" in values else ""
+            pl_module.log(f"{stage}/{key}", value, sync_dist=True, prog_bar=key == "fid")
+        pl_module.log(f"{stage}/fid_num_samples", float(n), sync_dist=True)
+        kid = (
+            f", KID {values['kid_mean']:.4g} ± {values['kid_std']:.2g}"
+            if "kid_mean" in values
+            else ""
+        )
         rank_zero_info(
             f"{stage}/fid {values['fid']:.4g}{kid} (epoch {trainer.current_epoch}; {n} samples vs "
             f"{self.distances.reference.describe()}; features {self.distances.network.name})"

@@ -7,4 +7,11 @@ from genlit.metrics.modes import ModeStats, mode_statistics
 
 __all__ = ["ModeStats", "mode_statistics"]
 __all__ += ["ElboSurgery", "elbo_surgery", "log_aggregate_posterior"]
-__all__ += ["FeatureDistances", "FeatureExtractor", "ReferenceStats", "load_features", "reference_statistics", "to_uint8"]
+__all__ += [
+    "FeatureDistances",
+    "FeatureExtractor",
+    "ReferenceStats",
+    "load_features",
+    "reference_statistics",
+    "to_uint8",
+]

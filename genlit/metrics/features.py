@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from genlit.errors import GenlitError
 
@@ -98,14 +99,14 @@ class FeatureExtractor(nn.Module):
 class SmallClassifier(nn.Module):
     """A small CNN classifier whose penultimate layer gives FID features.
 
-    Two conv blocks (each halving the resolution) and a 4x4 average pool feed a fully
-    connected feature layer; a linear head classifies from it. About 150k parameters: 4 M
-    multiply-adds per 28x28 image, so 10,000 images take a few seconds on a CPU.
+    Two conv blocks, each halving the resolution with a max pool, and a strided conv feed a
+    fully connected feature layer; a linear head classifies from it. About 190k parameters and
+    5 M multiply-adds per 28x28 image, so 10,000 images take a few seconds on a CPU.
 
     Args:
         channels: Input channels.
         input_size: Height and width the network was trained at.
-        width: Channels of the first block (the second has twice as many).
+        width: Channels of the first block (the others have twice as many).
         num_features: Size of the feature layer.
         num_classes: Classes of the head.
     """
@@ -122,6 +123,7 @@ class SmallClassifier(nn.Module):
         self.channels = channels
         self.input_size = input_size
         self.num_features = num_features
+        side = (input_size // 4 + 1) // 2  # two max pools, then a stride-2 conv (padding 1)
         self.body = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -131,9 +133,11 @@ class SmallClassifier(nn.Module):
             nn.BatchNorm2d(2 * width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(),  # (B, 2 * width * 16)
-            nn.Linear(2 * width * 16, num_features),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),  # (B, 2 * width * side * side)
+            nn.Linear(2 * width * side * side, num_features),
             nn.ReLU(inplace=True),
         )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(num_features, num_classes))
@@ -160,9 +164,13 @@ def prepare_images(images: Tensor, channels: int, size: int) -> Tensor:
         elif x.shape[1] == 1:
             x = x.expand(-1, channels, -1, -1)
         else:
-            raise GenlitError(f"cannot feed {x.shape[1]}-channel images to a {channels}-channel network")
+            raise GenlitError(
+                f"cannot feed {x.shape[1]}-channel images to a {channels}-channel network"
+            )
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
     return x
 
 
@@ -181,7 +189,9 @@ class ClassifierFeatures(FeatureExtractor):
     def __init__(self, name: str, weights_path: str | Path | None = None) -> None:
         super().__init__()
         if name not in CLASSIFIERS:
-            raise GenlitError(f"no genlit classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}")
+            raise GenlitError(
+                f"no genlit classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}"
+            )
         path = Path(weights_path) if weights_path else WEIGHTS_DIR / f"{name}.pt"
         if not path.is_file():
             raise GenlitError(
@@ -191,7 +201,9 @@ class ClassifierFeatures(FeatureExtractor):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         self.name = name
         self.classifier = SmallClassifier(**saved["config"])
-        self.classifier.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state_dict"].items()})
+        self.classifier.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in saved["state_dict"].items()}
+        )
         self.num_features = self.classifier.num_features
         self.test_accuracy = float(saved.get("test_accuracy", float("nan")))
         self.requires_grad_(False)
@@ -199,7 +211,30 @@ class ClassifierFeatures(FeatureExtractor):
 
     def forward(self, images: Tensor) -> Tensor:
         x = prepare_images(images, self.classifier.channels, self.classifier.input_size)
-        return self.classifier.features(x)  # (B, num_features)
+        # channels_last makes the CPU's pooling and convolutions about twice as fast.
+        return self.fast_body()(x.contiguous(memory_format=torch.channels_last))  # (B, d)
+
+    def fast_body(self) -> nn.Sequential:
+        """The feature layers with each batch norm folded into its conv, in channels_last.
+
+        The same function as ``classifier.features`` (to float rounding) at a third of the
+        cost on a CPU; built from the classifier's weights on first use and after ``.to()``.
+        """
+        fast = self.__dict__.get("_fast")  # not a submodule: the state dict stays the classifier's
+        if fast is None:
+            layers, body = [], list(self.classifier.body)
+            while body:
+                layer = body.pop(0)
+                if isinstance(layer, nn.Conv2d) and body and isinstance(body[0], nn.BatchNorm2d):
+                    layer = fuse_conv_bn_eval(layer, body.pop(0))
+                layers.append(layer)
+            fast = nn.Sequential(*layers).eval().to(memory_format=torch.channels_last)
+            self.__dict__["_fast"] = fast
+        return fast
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ClassifierFeatures:
+        self.__dict__["_fast"] = None  # rebuilt on the new device / dtype
+        return super()._apply(fn, recurse)
 
     def describe(self) -> str:
         return (
@@ -312,7 +347,9 @@ def _import(path: str) -> Any:
         ) from None
 
 
-def load_features(spec: str | nn.Module, weights_path: str | Path | None = None) -> FeatureExtractor:
+def load_features(
+    spec: str | nn.Module, weights_path: str | Path | None = None
+) -> FeatureExtractor:
     """The feature network named by ``spec``, in eval mode, on the CPU.
 
     Args:
@@ -340,7 +377,9 @@ def load_features(spec: str | nn.Module, weights_path: str | Path | None = None)
     factory = _import(spec)
     module = factory() if callable(factory) else factory
     if not isinstance(module, nn.Module):
-        raise GenlitError(f"feature network {spec} gave a {type(module).__name__}, not an nn.Module")
+        raise GenlitError(
+            f"feature network {spec} gave a {type(module).__name__}, not an nn.Module"
+        )
     if weights_path is not None:
         module.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     if isinstance(module, FeatureExtractor):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
+from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities.data import dim_zero_cat
 
 from genlit.errors import GenlitError
@@ -49,6 +49,8 @@ __all__ = [
 _CACHE_VERSION = 1
 # Datamodule arguments that change how images are loaded, not which images: left out of the key.
 _LOADER_ONLY = {"batch_size", "num_workers", "in_memory", "download", "pin_memory"}
+# Attributes of genlit's image datamodules that pick the images, whatever the hparams recorded.
+_CONTENT_ATTRIBUTES = {"root", "test_root", "image_size", "channels", "val_fraction", "seed"}
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -116,7 +118,11 @@ class ReferenceStats:
 
     @classmethod
     def from_features(
-        cls, features: Tensor, key: dict[str, Any], image_shape: tuple[int, int, int], keep: bool = True
+        cls,
+        features: Tensor,
+        key: dict[str, Any],
+        image_shape: tuple[int, int, int],
+        keep: bool = True,
     ) -> ReferenceStats:
         """The statistics of real features ``(N, d)`` computed elsewhere."""
         f = features.detach().double().cpu()  # (N, d)
@@ -168,22 +174,29 @@ def _jsonable(value: Any) -> Any:
 def reference_key(datamodule: Any, split: str, network: FeatureExtractor) -> dict[str, Any]:
     """Everything the reference statistics depend on; the cache file name hashes it.
 
-    The dataset is the datamodule's class and every init argument that picks images (the
-    validation fraction and seed, paths, the image size), resolved paths included; the network
-    is its name and a hash of its weights.
+    The dataset is the datamodule's class and every init argument that picks images (paths,
+    resolved; the image size; the validation fraction and seed), read from the datamodule
+    itself where it has them, so a datamodule built by ``genlit fit`` and one built in Python
+    share the file; the network is its name and a hash of its weights.
     """
     cls = type(datamodule)
-    args = {k: v for k, v in dict(getattr(datamodule, "hparams", {}) or {}).items()}
-    for name in _LOADER_ONLY:
-        args.pop(name, None)
-    for name, value in args.items():
-        if name.endswith("root") and isinstance(value, str) and value:
-            args[name] = str(Path(value).expanduser().resolve())
+    hparams = dict(getattr(datamodule, "hparams", {}) or {})
+    names = {k for k in hparams if not k.startswith("_")} | _CONTENT_ATTRIBUTES
+    args = {}
+    for name in sorted(names - _LOADER_ONLY):
+        value = getattr(datamodule, name, None)
+        if value is None or callable(value):
+            value = hparams.get(name)
+        if value is None or value == "":
+            continue
+        if name.endswith("root") and isinstance(value, (str, Path)):
+            value = str(Path(value).expanduser().resolve())
+        args[name] = _jsonable(value)
     channels, size = getattr(datamodule, "channels", None), getattr(datamodule, "image_size", None)
     return {
         "version": _CACHE_VERSION,
         "dataset": f"{cls.__module__}.{cls.__qualname__}",
-        "data_args": _jsonable(args),
+        "data_args": args,
         "split": split,
         "image_shape": [channels, size, size] if channels and size else None,
         "features": network.name,
@@ -219,7 +232,9 @@ def _in_order(loader: Any) -> Any:
 _STAGES = {"train": "fit", "val": "validate", "test": "test"}
 
 
-def real_batches(datamodule: Any, split: str, device: torch.device | str = "cpu") -> Iterator[Tensor]:
+def real_batches(
+    datamodule: Any, split: str, device: torch.device | str = "cpu"
+) -> Iterator[Tensor]:
     """The real images of ``datamodule``'s split as uint8 batches ``(B, C, H, W)`` on ``device``.
 
     Sets the split up, then runs each batch through the datamodule's transfer hooks as the
@@ -268,12 +283,18 @@ def reference_statistics(
     key = reference_key(datamodule, split, distances.network)
     path = reference_path(key, cache_dir)
     if path.is_file():
-        stats = ReferenceStats.load(path)
-        if stats.key == key and (stats.features is not None or distances.kid is None):
-            return stats
+        try:
+            stats = ReferenceStats.load(path)
+        except Exception:  # noqa: BLE001 - an unreadable cache file is a cache miss
+            stats = None
+        if stats is not None and stats.key == key:
+            if stats.features is not None or distances.kid is None:
+                return stats
     stats = distances.measure(real_batches(datamodule, split, device), key)
     if stats.num_samples < 2:
-        raise GenlitError(f"the {split} split of {type(datamodule).__name__} has fewer than 2 images")
+        raise GenlitError(
+            f"the {split} split of {type(datamodule).__name__} has fewer than 2 images"
+        )
     stats.save(path)
     return stats
 
@@ -296,27 +317,65 @@ class _ReferenceKID(KernelInceptionDistance):
     """torchmetrics' KID with the real features fixed and identical on every rank.
 
     Only the generated features are a synced state: kept as a state, the real ones would be
-    gathered once per rank and counted ``world_size`` times.
+    gathered once per rank and counted ``world_size`` times. The real subsets come from their
+    own seeded generator, so their kernel sums are computed at the first evaluation and reused.
+    The value is torchmetrics' unbiased MMD^2 with the polynomial kernel; the products run in
+    the features' precision, the kernel and the sums in float64.
     """
 
     def __init__(self, reference: Tensor, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(reset_real_features=False, **kwargs)
         self.register_buffer("reference", reference, persistent=False)
         self.seed = seed
+        self._real_terms: tuple[int, list[Tensor], Tensor] | None = None
+
+    def _kernel(self, a: Tensor, b: Tensor) -> Tensor:
+        """``(gamma a b^T + coef)^degree``, in a's precision, in two operations.
+
+        Few large operations, not many small ones: on a busy CPU each parallel operation can
+        wait a scheduler slice for its threads.
+        """
+        gamma = self.gamma if self.gamma is not None else 1.0 / a.shape[1]
+        coef = torch.full((1, 1), self.coef, dtype=a.dtype, device=a.device)
+        return torch.addmm(coef, a, b.T, alpha=gamma).pow_(self.degree)  # (len(a), len(b))
+
+    @staticmethod
+    def _off_diagonal_sum(kernel: Tensor) -> Tensor:
+        return kernel.sum(dtype=torch.float64) - kernel.diagonal().sum(dtype=torch.float64)
+
+    def _real_subsets(self, m: int) -> tuple[list[Tensor], Tensor]:
+        """Index sets of the real subsets and their within-subset kernel sums, for size m."""
+        if self._real_terms is None or self._real_terms[0] != m:
+            rng = torch.Generator().manual_seed(self.seed)
+            n, device = len(self.reference), self.reference.device
+            subsets = [torch.randperm(n, generator=rng)[:m].to(device) for _ in range(self.subsets)]
+            sums = torch.stack(
+                [
+                    self._off_diagonal_sum(self._kernel(self.reference[i], self.reference[i]))
+                    for i in subsets
+                ]
+            )
+            self._real_terms = (m, subsets, sums)
+        return self._real_terms[1], self._real_terms[2]
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        real = self.reference.double()
-        fake = dim_zero_cat(self.fake_features).double()
+        real = self.reference
+        fake = dim_zero_cat(self.fake_features).to(real.dtype)
         m = min(self.subset_size, len(real), len(fake))
         if m < 2:
             raise GenlitError("KID needs at least 2 generated and 2 real images")
-        # A seeded generator: the same subsets every evaluation, and the global RNG untouched.
-        rng = torch.Generator().manual_seed(self.seed)
+        real_subsets, real_sums = self._real_subsets(m)
+        rng = torch.Generator().manual_seed(self.seed + 1)  # the global RNG stays untouched
         scores = []
-        for _ in range(self.subsets):
-            i = torch.randperm(len(real), generator=rng)[:m].to(real.device)
-            j = torch.randperm(len(fake), generator=rng)[:m].to(fake.device)
-            scores.append(poly_mmd(real[i], fake[j], self.degree, self.gamma, self.coef))
+        for i, real_sum in zip(real_subsets, real_sums, strict=True):
+            f = fake[torch.randperm(len(fake), generator=rng)[:m].to(fake.device)]  # (m, d)
+            kernel = self._kernel(
+                torch.cat([real[i], f]), f
+            )  # (2m, m): k(real, fake); k(fake, fake)
+            cross = kernel[:m].sum(dtype=torch.float64)
+            fake_sum = self._off_diagonal_sum(kernel[m:])
+            # torchmetrics' unbiased MMD^2 (Binkowski et al., 2018)
+            scores.append((real_sum + fake_sum) / (m * (m - 1)) - 2 * cross / m**2)
         kid = torch.stack(scores)
         return kid.mean(), kid.std(unbiased=False)
 
@@ -374,7 +433,9 @@ class FeatureDistances(nn.Module):
     def features(self, images: Tensor) -> Tensor:
         """Features ``(B, d)`` of uint8 images ``(B, C, H, W)``."""
         if images.dtype != torch.uint8:
-            raise TypeError(f"feature networks take uint8 images (use to_uint8), got {images.dtype}")
+            raise TypeError(
+                f"feature networks take uint8 images (use to_uint8), got {images.dtype}"
+            )
         return self.network(images)
 
     def update(self, images: Tensor) -> None:
@@ -397,7 +458,9 @@ class FeatureDistances(nn.Module):
     def measure(self, batches: Iterable[Tensor], key: dict[str, Any]) -> ReferenceStats:
         """Reference statistics of real uint8 batches (the generated side is left untouched)."""
         total = torch.zeros(self.num_features, dtype=torch.float64, device=self.fid.device)
-        outer = torch.zeros(self.num_features, self.num_features, dtype=torch.float64, device=total.device)
+        outer = torch.zeros(
+            self.num_features, self.num_features, dtype=torch.float64, device=total.device
+        )
         kept, count, shape = [], 0, None
         for images in batches:
             shape = list(images.shape[1:])
@@ -421,7 +484,9 @@ class FeatureDistances(nn.Module):
                 states are summed over ranks at ``compute``); KID's features are on every rank.
         """
         if self._kid_wanted and stats.features is None:
-            raise GenlitError("these reference statistics were saved without features: KID needs them")
+            raise GenlitError(
+                "these reference statistics were saved without features: KID needs them"
+            )
         self.reference = stats
         self.image_shape = stats.image_shape
         self.fid.reset()
