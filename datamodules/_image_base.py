@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
 from datamodules._inmemory import DeviceCache, IndexBatch, IndexDataset, decode_uint8, keep_batch
+from datamodules._resume import ResumableSampler
 
 
 def _reason(err: BaseException) -> str:
@@ -197,16 +198,22 @@ class ImageDataModule(LightningDataModule):
         if split not in self._splits:
             raise RuntimeError(f"{split} split of {self.dataset_name} is not set up; call setup()")
         source, positions = self._splits[split]
-        # A seeded generator makes the shuffle order a function of `seed`, epoch after epoch.
-        generator = torch.Generator().manual_seed(self.seed) if train else None
-        common = dict(batch_size=self.batch_size, shuffle=train, drop_last=train)
+        dataset = (
+            IndexDataset(source, positions)
+            if self.in_memory
+            else Subset(self._datasets[source], positions.tolist())
+        )
+        common: dict[str, Any] = dict(batch_size=self.batch_size, drop_last=train)
+        if train:
+            # The shuffle is a function of (seed, epoch) and a resumed run skips the batches
+            # already trained; the loader's own generator keeps the global RNG untouched.
+            trainer = self.trainer
+            common["sampler"] = ResumableSampler(dataset, self.batch_size, trainer, seed=self.seed)
+            common["generator"] = torch.Generator().manual_seed(self.seed)
         if self.in_memory:
-            indices = IndexDataset(source, positions)
-            return DataLoader(indices, generator=generator, collate_fn=keep_batch, **common)
-        dataset = Subset(self._datasets[source], positions.tolist())
+            return DataLoader(dataset, collate_fn=keep_batch, **common)
         return DataLoader(
             dataset,
-            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             **common,

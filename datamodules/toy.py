@@ -15,6 +15,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from datamodules._resume import batches_done
+
 # Lightning warns that __len__ may be wrong with several workers; here the loader never has any.
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
 
@@ -37,7 +39,8 @@ class _EpochBatches(IterableDataset):
         self._iterations += 1
         generator = torch.Generator().manual_seed(hash((dm.seed, epoch, rank)) % 2**62)
         points = dm.sample(len(self) * dm.batch_size, generator)  # (N, 2)
-        yield from points.split(dm.batch_size)
+        # A run resumed mid-epoch continues with the batches it had not trained yet.
+        yield from points.split(dm.batch_size)[batches_done(trainer) :]
 
 
 class ToyDataModule(LightningDataModule):
@@ -91,7 +94,9 @@ class ToyDataModule(LightningDataModule):
         return self._val
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_EpochBatches(self), batch_size=None)
+        # The loader's own generator: creating its iterator leaves the global RNG untouched.
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(_EpochBatches(self), batch_size=None, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_data, batch_size=self.val_samples)

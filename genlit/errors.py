@@ -6,3 +6,7 @@ class GenlitError(Exception):
 
     ``python -m genlit`` prints ``genlit: error: <message>`` and exits with code 2.
     """
+
+
+class TrainingDiverged(GenlitError):
+    """A loss became NaN or infinite: training stops, no checkpoint is written after it."""

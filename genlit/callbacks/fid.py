@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from genlit.callbacks._rng import seeded
 from genlit.errors import GenlitError
 from genlit.metrics.features import (
     INCEPTION_WEIGHTS_FILE,
@@ -19,19 +18,6 @@ from genlit.metrics.features import (
     load_features,
 )
 from genlit.metrics.fid import FeatureDistances, generate_into, reference_statistics, share
-
-
-@contextlib.contextmanager
-def seeded(device: torch.device, seed: int) -> Iterator[None]:
-    """Runs the block from a fixed seed and gives the global RNG state back afterwards."""
-    accelerated = device.type not in ("cpu", "meta")
-    with torch.random.fork_rng(
-        devices=[device] if accelerated else [], device_type=device.type if accelerated else None
-    ):
-        torch.random.default_generator.manual_seed(seed)
-        if accelerated:
-            torch.get_device_module(device.type).manual_seed(seed)
-        yield
 
 
 class FID(Callback):

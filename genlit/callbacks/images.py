@@ -11,8 +11,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 
 def run_dir(trainer: Trainer) -> Path:
-    """The directory of the current run: the logger's version folder, or the trainer's root."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """The directory of the current run: the logger's version folder, or the trainer's root.
+
+    Same answer as ``trainer.log_dir`` without its broadcast, so rank-zero-only code under DDP
+    can call it (a collective on one rank would hang).
+    """
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    folder = getattr(logger, "log_dir", None) or logger.save_dir
+    return Path(folder or trainer.default_root_dir)
 
 
 def send_image(trainer: Trainer, key: str, path: Path) -> None:

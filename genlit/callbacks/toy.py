@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from genlit.callbacks._rng import seeded
 from genlit.callbacks.images import run_dir, send_image
 from genlit.metrics.modes import mode_statistics
 
@@ -25,15 +26,18 @@ class ModeCoverage(Callback):
     ``GaussianGrid``); on other data it does nothing.
 
     Args:
-        num_samples: Samples drawn per evaluation (2,500 in the Unrolled GAN / PacGAN setups).
+        num_samples: Samples drawn per evaluation (2,500 in the Unrolled GAN / PacGAN setups),
+            over all DDP ranks.
         every_n_epochs: Evaluate at the end of every n-th validation epoch.
+        seed: Seed of the evaluation noise (rank r uses ``seed + r``); training's RNG is untouched.
     """
 
-    def __init__(self, num_samples: int = 2500, every_n_epochs: int = 1) -> None:
+    def __init__(self, num_samples: int = 2500, every_n_epochs: int = 1, seed: int = 0) -> None:
         if num_samples < 1 or every_n_epochs < 1:
             raise ValueError("ModeCoverage needs num_samples >= 1 and every_n_epochs >= 1")
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
+        self.seed = seed
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -41,11 +45,19 @@ class ModeCoverage(Callback):
             return
         if not (trainer.state.fn != "fit" or _due(trainer, self.every_n_epochs)):
             return
-        stats = mode_statistics(pl_module.sample(self.num_samples), datamodule.centers, datamodule.std)
+        # Each DDP rank draws its share from its own seed; all ranks then score the gathered set.
+        rank, world = trainer.global_rank, trainer.world_size
+        per_rank = -(-self.num_samples // world)
+        with seeded(pl_module.device, self.seed + rank):
+            samples = pl_module.sample(per_rank)  # (per_rank, D)
+        if world > 1:
+            samples = pl_module.all_gather(samples).reshape(-1, samples.shape[-1])
+        samples = samples[: self.num_samples]
+        stats = mode_statistics(samples, datamodule.centers, datamodule.std)
         pl_module.log_dict(
             {"val/modes": float(stats.modes), "val/high_quality": stats.high_quality,
              "val/kl_modes": stats.kl},
-            prog_bar=True, sync_dist=True,
+            prog_bar=True,
         )
 
 
@@ -57,13 +69,15 @@ class ScatterPlot(Callback):
     Args:
         num_samples: Generated points per plot.
         every_n_epochs: Plot at the end of every n-th validation epoch (and the last one).
+        seed: Seed of the plotted noise (the same points every epoch); training's RNG is untouched.
     """
 
-    def __init__(self, num_samples: int = 1000, every_n_epochs: int = 1) -> None:
+    def __init__(self, num_samples: int = 1000, every_n_epochs: int = 1, seed: int = 0) -> None:
         if num_samples < 1 or every_n_epochs < 1:
             raise ValueError("ScatterPlot needs num_samples >= 1 and every_n_epochs >= 1")
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
+        self.seed = seed
         self.last_path: Path | None = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -76,7 +90,8 @@ class ScatterPlot(Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fake = pl_module.sample(self.num_samples).float().cpu()
+        with seeded(pl_module.device, self.seed):
+            fake = pl_module.sample(self.num_samples).float().cpu()
         real = getattr(trainer.datamodule, "val_data", None)
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
         if isinstance(real, torch.Tensor):

@@ -24,7 +24,7 @@ from genlit.losses import (
     mmd_penalty,
     squared_error_reconstruction_loss,
 )
-from genlit.models.base import GenerativeModel
+from genlit.models.base import GenerativeModel, build_optimizer
 
 Reconstruction = Literal["mse", "bce"]
 # Networks are in the state dict and optimizer factories are not data (see base._NOT_HPARAMS).
@@ -216,12 +216,13 @@ class AE(_Autoencoder):
         self._reset_moments()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.autoencoder_parameters())
+        return build_optimizer(self.optimizer, self.autoencoder_parameters(), "optimizer")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.unpack(batch)
         z = self.encoder(x)  # (B, latent_dim)
         loss = self.reconstruction_loss(self.decoder(z), x).mean()
+        self.guard({"loss": loss})
         self._accumulate(z.detach())
         self.log_train({"loss": loss, "recon": loss})
         return loss

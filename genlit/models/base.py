@@ -9,17 +9,22 @@ say what one discriminator step and one generator step compute.
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import random
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from genlit.errors import GenlitError
+from genlit.errors import GenlitError, TrainingDiverged
 
 
 def _skip_failing_nvml_probe() -> None:
@@ -39,6 +44,12 @@ def _skip_failing_nvml_probe() -> None:
 
 _skip_failing_nvml_probe()
 
+# With manual optimization a checkpoint always holds the weights after the step's updates,
+# which is what genlit's exact resume relies on; Lightning's warning about it is noise here.
+warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
+# genlit's datamodules resume mid-epoch through their sampler (datamodules/_resume.py).
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
 
 class GenerativeModel(LightningModule):
     """A LightningModule that can draw new samples.
@@ -48,6 +59,12 @@ class GenerativeModel(LightningModule):
     """
 
     latent_dim: int
+    ddp_find_unused_parameters: bool = False
+    """Whether a training step leaves some parameters without gradient (one network per phase).
+
+    Under DDP, genlit then turns on ``find_unused_parameters`` by itself (unless the user set
+    it), so ``--trainer.strategy=ddp`` works for two-network models with no extra flag.
+    """
 
     def save_config(self, ignore: list[str]) -> None:
         """Saves the ``__init__`` arguments as hyperparameters, networks included under the CLI.
@@ -89,6 +106,105 @@ class GenerativeModel(LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None:
             check_compatible(self, datamodule)
+        if self._trainer is not None:
+            self._configure_ddp(self._trainer.strategy)
+
+    def _configure_ddp(self, strategy: Any) -> None:
+        # Lightning wraps the module in DistributedDataParallel after this hook. A GAN's
+        # discriminator phase never touches the generator (and the generator phase leaves the
+        # discriminator frozen), so DDP must look for parameters without gradient each backward.
+        if self.ddp_find_unused_parameters and isinstance(strategy, DDPStrategy):
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+
+    # --- random state: exact resume ------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Every rank was seeded alike, so the weights start equal; the noise must not be,
+            # or all ranks would train on the same fakes. Offset each rank's stream, reproducibly.
+            torch.manual_seed((torch.initial_seed() + 104_729 * trainer.global_rank) % 2**63)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()  # never write weights that followed a non-finite loss
+        state = _rng_state()
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
+            # Lightning calls this hook on every rank and writes rank 0's dict: gather them all.
+            states: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, state)
+            state = {"per_rank": states}
+        checkpoint["genlit_rng"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Restored just before the next training batch, not now: between loading and the first
+        # step Lightning builds data iterators and may validate, and those must not shift the
+        # stream the interrupted run would have continued with.
+        state = checkpoint.get("genlit_rng")
+        if state is not None and "per_rank" in state:
+            rank = self._trainer.global_rank if self._trainer is not None else 0
+            states = state["per_rank"]
+            state = states[rank] if rank < len(states) else None  # other world size: fresh
+        self._rng_to_restore = state
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        state = self.__dict__.get("_rng_to_restore")
+        if state is not None:
+            _set_rng_state(state)
+            self._rng_to_restore = None
+
+    # --- divergence guard ----------------------------------------------------------------
+
+    def guard(self, losses: dict[str, Tensor | None]) -> None:
+        """Stops training with one line when a loss is NaN or infinite.
+
+        On a CPU every step is checked (it costs nothing); on an accelerator the checks are
+        queued and read on logging steps and before every checkpoint, so they never stall the
+        device, and no checkpoint is ever written after a non-finite loss.
+
+        Raises:
+            TrainingDiverged: naming the loss, the step and the likely causes.
+        """
+        step = self._trainer.global_step if self._trainer is not None else 0
+        for name, value in losses.items():
+            if value is None:
+                continue
+            value = value.detach()
+            if value.device.type == "cpu":  # reading a CPU scalar costs about a microsecond
+                finite = math.isfinite(value.item()) if value.numel() == 1 else bool(value.isfinite().all())
+                if not finite:
+                    raise TrainingDiverged(self._divergence_message(name, step))
+            else:
+                self.__dict__.setdefault("_finite_checks", []).append(
+                    (name, step, torch.isfinite(value).all())
+                )
+        if self.__dict__.get("_finite_checks") and self._should_log():
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Reads the queued loss checks; raises :class:`TrainingDiverged` on the first bad one."""
+        pending = self.__dict__.get("_finite_checks") or []
+        self._finite_checks = []
+        if not pending:
+            return
+        flags = torch.stack([ok for _, _, ok in pending]).cpu()
+        if bool(flags.all()):
+            return
+        name, step, _ = pending[int((~flags).nonzero()[0])]
+        raise TrainingDiverged(self._divergence_message(name, step))
+
+    def _divergence_message(self, name: str, step: int) -> str:
+        trainer = self._trainer
+        precision = getattr(trainer, "precision", "32-true") if trainer is not None else "32-true"
+        causes = "a learning rate too high for this model (lower the optimizers' lr)"
+        if precision in ("16-mixed", "16-true", "bf16-mixed", "bf16-true"):
+            causes += f" or {precision} precision (try --trainer.precision=32-true)"
+        last = ""
+        callback = getattr(trainer, "checkpoint_callback", None) if trainer is not None else None
+        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        if path:
+            last = f"; last good checkpoint: {path}"
+        return f"training diverged: train/{name} is not finite at step {step}; likely cause: {causes}{last}"
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         # Sample-based metrics live in callbacks (they need only ``sample``); the loop must still
@@ -142,6 +258,52 @@ def _grad_norm(parameters: list[nn.Parameter]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+def build_optimizer(factory: OptimizerCallable, parameters: Any, key: str) -> torch.optim.Optimizer:
+    """Calls an optimizer factory from the config; a bad setting becomes one clear line.
+
+    Args:
+        factory: The ``OptimizerCallable`` the config gave.
+        parameters: The parameters it optimizes.
+        key: The model argument holding it (``generator_optimizer``...), named in the message.
+
+    Raises:
+        GenlitError: torch refused a setting, or a learning rate is not positive.
+    """
+    fix = f"set model.init_args.{key}.init_args"
+    try:
+        optimizer = factory(parameters)
+    except (ValueError, TypeError) as err:
+        raise GenlitError(f"{key}: {err}: {fix} to a valid value") from err
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        if lr is not None and float(lr) <= 0:
+            raise GenlitError(f"{key}: learning rate must be > 0, got {float(lr)}: {fix}.lr > 0")
+    return optimizer
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every random stream a training step may draw from: torch (CPU and accelerators), NumPy, Python."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        # Tensors and plain tuples only: checkpoints must load with weights_only=True.
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class AdversarialModel(GenerativeModel):
     """A generator trained against a discriminator (or critic) with alternating updates.
 
@@ -181,6 +343,7 @@ class AdversarialModel(GenerativeModel):
                 "must expose the size of their noise input as `self.latent_dim`."
             )
         self.automatic_optimization = False
+        self.ddp_find_unused_parameters = True
         self.generator = generator
         self.discriminator = discriminator
         self.generator_optimizer = generator_optimizer
@@ -227,8 +390,10 @@ class AdversarialModel(GenerativeModel):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
-            self.generator_optimizer(self.generator.parameters()),
-            self.discriminator_optimizer(self.discriminator.parameters()),
+            build_optimizer(self.generator_optimizer, self.generator.parameters(), "generator_optimizer"),
+            build_optimizer(
+                self.discriminator_optimizer, self.discriminator.parameters(), "discriminator_optimizer"
+            ),
         ]
 
     # --- the step ------------------------------------------------------------------------
@@ -239,6 +404,7 @@ class AdversarialModel(GenerativeModel):
         log = self._should_log()
         with self.toggled_optimizer(opt_d):
             d_out = self.discriminator_step(real)
+            self.guard({"d_loss": d_out["loss"]})
             d_out["grad_norm_d"] = self.step_optimizer(opt_d, d_out["loss"], self.discriminator, log)
         self.discriminator_updates += 1
         self.after_discriminator_update()
@@ -246,6 +412,7 @@ class AdversarialModel(GenerativeModel):
         if self.is_generator_turn():
             with self.toggled_optimizer(opt_g):
                 g_out = self.generator_step(real.shape[0])
+                self.guard({"g_loss": g_out["loss"]})
                 g_out["grad_norm_g"] = self.step_optimizer(opt_g, g_out["loss"], self.generator, log)
             self.generator_updates += 1
             if self.generator_ema is not None:
@@ -300,12 +467,14 @@ class AdversarialModel(GenerativeModel):
     # --- checkpoints ---------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["genlit_counters"] = {
             "discriminator_updates": self.discriminator_updates,
             "generator_updates": self.generator_updates,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         counters = checkpoint.get("genlit_counters", {})
         self.discriminator_updates = counters.get("discriminator_updates", 0)
         self.generator_updates = counters.get("generator_updates", 0)

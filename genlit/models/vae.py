@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from genlit.losses import gaussian_kl
 from genlit.metrics.elbo import elbo_surgery
 from genlit.models.ae import _NOT_HPARAMS, _Autoencoder
+from genlit.models.base import build_optimizer
 
 Likelihood = Literal["bernoulli", "gaussian"]
 
@@ -74,7 +75,7 @@ class VAE(_Autoencoder):
         self._val_codes: list[tuple[Tensor, Tensor]] = []
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.autoencoder_parameters())
+        return build_optimizer(self.optimizer, self.autoencoder_parameters(), "optimizer")
 
     def binarized(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``x`` itself, or a binary draw in {-1, 1} with P(1) = (x + 1) / 2 when ``binarize`` is on."""
@@ -88,6 +89,7 @@ class VAE(_Autoencoder):
         recon = self.reconstruction_loss(self.decoder(self.draw(mean, log_var)), x).mean()
         kl = gaussian_kl(mean, log_var).mean()
         loss = recon + self.beta * kl
+        self.guard({"loss": loss})
         self.log_train({"loss": loss, "recon": recon, "kl": kl})
         return loss
 

@@ -26,7 +26,7 @@ from genlit.losses import (
     non_saturating_generator_loss,
 )
 from genlit.models.ae import _NOT_HPARAMS, Reconstruction, _Autoencoder
-from genlit.models.base import AdversarialModel
+from genlit.models.base import AdversarialModel, build_optimizer
 
 Regularizer = Literal["mmd", "gan"]
 
@@ -91,6 +91,7 @@ class WAE(_Autoencoder):
         super().__init__(encoder, decoder, reconstruction)
         self.save_config(ignore=_NOT_HPARAMS)
         self.automatic_optimization = False
+        self.ddp_find_unused_parameters = regularizer == "gan"
         self.discriminator = discriminator
         self.optimizer, self.discriminator_optimizer = optimizer, discriminator_optimizer
         self.regularizer, self.reg_weight, self.kernel = regularizer, reg_weight, kernel
@@ -103,9 +104,13 @@ class WAE(_Autoencoder):
         return 2 if self.regularizer == "gan" else 1
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        optimizers = [self.optimizer(self.autoencoder_parameters())]
+        optimizers = [build_optimizer(self.optimizer, self.autoencoder_parameters(), "optimizer")]
         if self.discriminator is not None:
-            optimizers.append(self.discriminator_optimizer(self.discriminator.parameters()))
+            optimizers.append(
+                build_optimizer(
+                    self.discriminator_optimizer, self.discriminator.parameters(), "discriminator_optimizer"
+                )
+            )
         return optimizers
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -121,6 +126,7 @@ class WAE(_Autoencoder):
             opt_d = optimizers[1]
             with self.toggled_optimizer(opt_d):
                 d_out = self.discriminator_step(z.detach())
+                self.guard({"d_loss": d_out["loss"]})
                 d_out["grad_norm_d"] = self.step_optimizer(
                     opt_d, d_out["loss"], self.discriminator, log
                 )
@@ -128,6 +134,7 @@ class WAE(_Autoencoder):
         toggle = self.toggled_optimizer(opt_ae) if self.discriminator is not None else nullcontext()
         with toggle:
             ae_out = self.autoencoder_step(real, z)
+            self.guard({"loss": ae_out["loss"]})
             self.step_optimizer(opt_ae, ae_out["loss"], self.encoder)
         if log:
             self.log_train({**ae_out, **{k: v for k, v in metrics.items() if v is not None}})
