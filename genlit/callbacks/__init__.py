@@ -2,10 +2,11 @@
 
 from genlit.callbacks.fid import FID
 from genlit.callbacks.grid import SampleGrid
+from genlit.callbacks.interrupt import ResumeOnInterrupt
 from genlit.callbacks.reconstruction import ReconstructionGrid
 from genlit.callbacks.summary import RunSummary
 from genlit.callbacks.toy import ModeCoverage, ScatterPlot
 
 __all__ = ["ModeCoverage", "RunSummary", "SampleGrid", "ScatterPlot"]
 __all__ += ["ReconstructionGrid"]
-__all__ += ["FID"]
+__all__ += ["FID", "ResumeOnInterrupt"]
