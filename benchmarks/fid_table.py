@@ -1,33 +1,44 @@
-"""The lecture's FID table: every GAN variant trained for the same budget, then measured alike.
+"""The lecture's FID table: every model trained for the same budget, then measured alike.
 
 Each (dataset, model) trains from its config in ``configs/DATASET/MODEL.yaml`` for
-``--generator_steps`` generator steps (a separate ``genlit fit`` process per run), and its
-final weights are measured with ``genlit evaluate``'s code: ``--num_samples`` samples against
-the test split (the training digits for ``digits``), with the dataset's own genlit feature
-network. The numbers compare the rows of one table; they are not Inception FIDs.
+``--generator_steps`` generator (decoder) updates, times ``--budget``, in a separate
+``genlit fit`` process with in-run validation and callbacks switched off (a critic takes its
+``n_critic`` updates per generator update on top). Its final weights are then measured with
+``genlit evaluate``'s code: ``--num_samples`` samples against the test split (the training
+digits for ``digits``), with the dataset's own genlit feature network. The numbers compare the
+rows of one table; they are not Inception FIDs.
 
-    python benchmarks/fid_table.py --data-root data                        # the full table
-    python benchmarks/fid_table.py --datasets digits --generator_steps 500  # minutes on a CPU
+    python benchmarks/fid_table.py --data-root ../shared/data --jobs 2     # the table, 2 CPU cores
+    python benchmarks/fid_table.py --data-root DATA --budget 10 --device cuda  # longer, on a GPU
+    python benchmarks/fid_table.py --datasets digits --generator_steps 300    # minutes on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ["mmgan", "nsgan", "lsgan", "wgan", "wgan_gp"]
+MODELS = ["mmgan", "nsgan", "lsgan", "wgan", "wgan_gp", "vae", "ae", "wae_mmd", "wae_gan"]
 NAMES = {
-    "mmgan": "MM GAN",
+    "mmgan": "GAN (minimax)",
     "nsgan": "NS GAN",
     "lsgan": "LSGAN",
     "wgan": "WGAN",
     "wgan_gp": "WGAN-GP",
+    "vae": "VAE",
+    "ae": "AE + ex-post Gaussian",
+    "wae_mmd": "WAE-MMD",
+    "wae_gan": "WAE-GAN",
 }
 # dataset -> (feature network, reference split)
 FEATURES = {
@@ -35,30 +46,51 @@ FEATURES = {
     "mnist": ("mnist", "test"),
     "fashion_mnist": ("fashion_mnist", "test"),
 }
+# Replaces the configs' callbacks and validation: the table measures once, at the end.
+QUIET = {
+    "trainer": {
+        "limit_val_batches": 0,
+        "enable_progress_bar": False,
+        "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"save_last": True}}],
+    }
+}
+_print_lock = threading.Lock()
 
 
-def train(dataset: str, model: str, args: argparse.Namespace) -> Path:
+def log(message: str) -> None:
+    with _print_lock:
+        print(message, flush=True)
+
+
+def train(dataset: str, model: str, steps: int, args: argparse.Namespace, quiet: Path) -> Path:
     """Runs ``genlit fit`` for one config and returns its last checkpoint."""
     config = REPO / "configs" / dataset / f"{model}.yaml"
-    version = f"steps{args.generator_steps}_seed{args.seed}"
+    version = f"steps{steps}_seed{args.seed}"
     command = [
-        sys.executable,
-        "-m",
-        "genlit",
-        "fit",
-        "--config",
-        str(config),
-        f"--generator_steps={args.generator_steps}",
+        sys.executable, "-m", "genlit", "fit",
+        "--config", str(config),
+        "--config", str(quiet),
+        f"--generator_steps={steps}",
+        "--trainer.max_epochs=-1",
         f"--seed_everything={args.seed}",
         f"--trainer.logger.init_args.save_dir={args.out}",
         f"--trainer.logger.init_args.version={version}",
-        "--trainer.enable_progress_bar=false",
-    ]
+    ]  # fmt: skip
+    if args.device != "cpu":
+        command.append(f"--trainer.accelerator={args.device}")
     if dataset != "digits":
         command.append(f"--data.init_args.root={args.data_root}")
-    subprocess.run(command, check=True, cwd=REPO)
-    name = yaml.safe_load(config.read_text())["trainer"]["logger"]["init_args"]["name"]
-    return Path(args.out) / name / version / "checkpoints" / "last.ckpt"
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{dataset}/{model} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    return checkpoint(dataset, model, steps, args)
+
+
+def checkpoint(dataset: str, model: str, steps: int, args: argparse.Namespace) -> Path:
+    config = yaml.safe_load((REPO / "configs" / dataset / f"{model}.yaml").read_text())
+    name = config["trainer"]["logger"]["init_args"]["name"]
+    return Path(args.out) / name / f"steps{steps}_seed{args.seed}" / "checkpoints" / "last.ckpt"
 
 
 def measure(dataset: str, model: str, ckpt: Path, args: argparse.Namespace):
@@ -80,13 +112,35 @@ def measure(dataset: str, model: str, ckpt: Path, args: argparse.Namespace):
     )
 
 
+def run_one(dataset: str, model: str, steps: int, args: argparse.Namespace, quiet: Path) -> str:
+    start = time.perf_counter()
+    if args.skip_training:
+        ckpt, train_minutes = checkpoint(dataset, model, steps, args), float("nan")
+    else:
+        ckpt = train(dataset, model, steps, args, quiet)
+        train_minutes = (time.perf_counter() - start) / 60
+    result = measure(dataset, model, ckpt, args)
+    minutes = (time.perf_counter() - start) / 60
+    kid = f"{result.kid_mean:.3g} ± {result.kid_std:.2g}" if result.kid_mean is not None else "-"
+    log(f"{dataset} {model}: FID {result.fid:.2f} (train {train_minutes:.1f} min)")
+    return (
+        f"| {dataset} | {NAMES[model]} | {steps} | {result.fid:.2f} | {kid} | "
+        f"{train_minutes:.1f} | {minutes:.1f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--datasets", nargs="+", default=["mnist", "fashion_mnist"], choices=sorted(FEATURES)
     )
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    parser.add_argument("--generator_steps", type=int, default=5000)
+    parser.add_argument(
+        "--generator_steps", type=int, default=1000, help="generator updates at --budget 1"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=1.0, help="multiplies --generator_steps (e.g. 10 on a GPU)"
+    )
     parser.add_argument("--num_samples", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -96,46 +150,36 @@ def main() -> None:
     parser.add_argument(
         "--cache_dir", default=None, help="reference statistics (default ~/.cache/genlit/fid)"
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained side by side")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--skip-training", action="store_true", help="measure existing runs only")
     args = parser.parse_args()
+    steps = max(1, round(args.generator_steps * args.budget))
 
-    rows = []
-    for dataset in args.datasets:
-        for model in args.models:
-            start = time.perf_counter()
-            ckpt = train(dataset, model, args) if not args.skip_training else None
-            if ckpt is None:
-                config = yaml.safe_load((REPO / "configs" / dataset / f"{model}.yaml").read_text())
-                name = config["trainer"]["logger"]["init_args"]["name"]
-                ckpt = (
-                    Path(args.out)
-                    / name
-                    / f"steps{args.generator_steps}_seed{args.seed}"
-                    / "checkpoints"
-                    / "last.ckpt"
-                )
-            result = measure(dataset, model, ckpt, args)
-            minutes = (time.perf_counter() - start) / 60
-            kid = (
-                f"{result.kid_mean:.3g} ± {result.kid_std:.2g}"
-                if result.kid_mean is not None
-                else "-"
-            )
-            rows.append(
-                f"| {dataset} | {NAMES[model]} | {args.generator_steps} | {result.fid:.2f} | {kid} | {minutes:.1f} |"
-            )
-            print(f"{dataset} {model}: FID {result.fid:.2f}", flush=True)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        quiet = Path(tmp) / "quiet.yaml"
+        quiet.write_text(yaml.safe_dump(QUIET))
+        jobs = [(d, m) for d in args.datasets for m in args.models]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            rows = list(pool.map(lambda job: run_one(*job, steps, args, quiet), jobs))
+    total = (time.perf_counter() - start) / 60
 
     features = ", ".join(
         f"{d}: {FEATURES[d][0]} features vs {FEATURES[d][1]} split" for d in args.datasets
     )
     print(
-        f"\nFID and KID of {args.num_samples} samples (capped at the real images), seed {args.seed}; {features}."
+        f"\nFID and KID of {args.num_samples} samples (capped at the real images), seed "
+        f"{args.seed}; {features}. {args.jobs} run(s) at a time, {args.threads} thread(s) each, "
+        f"on {args.device}; whole table {total:.1f} min."
     )
     print("Genlit feature networks: compare rows of this table only, never with Inception FIDs.\n")
-    print("| dataset | model | generator steps | FID | KID | minutes |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| dataset | model | generator steps | FID | KID | train min | total min |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 
