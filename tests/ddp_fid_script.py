@@ -1,0 +1,59 @@
+"""FID callback under DDP on a fixed bank of images: run by tests/test_ddp.py.
+
+    python tests/ddp_fid_script.py DEVICES CACHE_DIR
+
+Each rank's model returns its contiguous share of one fixed bank of 300 images, so one process
+and two processes measure exactly the same set; rank 0 prints ``FID=<value> KID=<value>``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules.images import Digits  # noqa: E402
+from genlit.callbacks import FID  # noqa: E402
+from genlit.metrics.fid import share  # noqa: E402
+from genlit.models import GenerativeModel  # noqa: E402
+
+BANK = 300
+
+
+class Bank(GenerativeModel):
+    """Hands out the images of a fixed bank in order, each rank from its own contiguous part."""
+
+    latent_dim = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("bank", torch.rand(BANK, 1, 16, 16, generator=generator) * 2 - 1)
+        self.cursor = 0
+
+    def on_validation_epoch_start(self) -> None:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        self.cursor = sum(share(BANK, world, r) for r in range(rank))
+
+    def sample(self, n: int) -> torch.Tensor:
+        images = self.bank[self.cursor : self.cursor + n]
+        self.cursor += n
+        return images
+
+
+if __name__ == "__main__":
+    devices, cache = int(sys.argv[1]), sys.argv[2]
+    trainer = Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+        logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+        callbacks=[FID(features="digits", num_samples=BANK, split="train", batch_size=64,
+                       kid_subsets=10, kid_subset_size=100, cache_dir=cache)],
+    )
+    trainer.validate(Bank(), datamodule=Digits(image_size=16, batch_size=64, val_fraction=0.1))
+    if trainer.is_global_zero:
+        metrics = trainer.callback_metrics
+        print(f"FID={float(metrics['val/fid']):.6f} KID={float(metrics['val/kid_mean']):.6f}")
