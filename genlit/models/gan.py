@@ -30,6 +30,11 @@ class GAN(AdversarialModel):
         k: Discriminator steps per generator step (Algorithm 1 of Goodfellow et al.).
         ema_decay: When set (e.g. 0.999), ``sample`` uses an exponential moving average of the
             generator's weights, updated after every generator step.
+        compile_generator: Compile the generator with ``torch.compile`` (faster steps after a
+            one-off compilation; see ``benchmarks/speed.py``).
+        compile_discriminator: Compile the discriminator (ignored, with a warning, when a
+            gradient penalty needs its double backward, which the compiler does not support).
+        channels_last: Keep image networks and batches in channels-last memory layout.
     """
 
     def __init__(
@@ -41,9 +46,13 @@ class GAN(AdversarialModel):
         loss: GANLoss = "non_saturating",
         k: int = 1,
         ema_decay: float | None = None,
+        compile_generator: bool = False,
+        compile_discriminator: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
-            generator, discriminator, generator_optimizer, discriminator_optimizer, k, ema_decay
+            generator, discriminator, generator_optimizer, discriminator_optimizer, k, ema_decay,
+            compile_generator, compile_discriminator, channels_last,
         )
         self.save_config(ignore=_NOT_HPARAMS)
         self.loss = loss
