@@ -214,7 +214,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
         raise GenlitError(
             f"cannot read checkpoint {path} ({reason}): the file is truncated or not a "
             "checkpoint; resume from another one, or delete it to start afresh"
