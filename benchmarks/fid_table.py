@@ -114,8 +114,9 @@ def measure(dataset: str, model: str, ckpt: Path, args: argparse.Namespace):
 
 def run_one(dataset: str, model: str, steps: int, args: argparse.Namespace, quiet: Path) -> str:
     start = time.perf_counter()
-    if args.skip_training:
-        ckpt, train_minutes = checkpoint(dataset, model, steps, args), float("nan")
+    ckpt = checkpoint(dataset, model, steps, args)
+    if args.skip_training or (args.reuse and ckpt.exists()):
+        train_minutes = float("nan")
     else:
         ckpt = train(dataset, model, steps, args, quiet)
         train_minutes = (time.perf_counter() - start) / 60
@@ -154,6 +155,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--skip-training", action="store_true", help="measure existing runs only")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure runs already trained, train the others"
+    )
     args = parser.parse_args()
     steps = max(1, round(args.generator_steps * args.budget))
 
