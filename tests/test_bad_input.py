@@ -56,6 +56,7 @@ MISTAKES = {
     "wrong-type": (RING, ["--model.init_args.k=three"], ["three"]),
     "unsupported-image-size": (DIGITS, ["--model.init_args.generator.init_args.image_size=20"], ["20"]),
     "image-size-mismatch": (DIGITS, ["--data.init_args.image_size=28"], ["image_size", "28", "16"]),
+    "point-network-on-images": (RING, ["--data=Digits"], ["MLPGenerator", "2-D points", "images"]),
     "channels-mismatch": (DIGITS, ["--model.init_args.generator.init_args.channels=3"], ["channels", "3"]),
     "dataset-missing-offline": (MNIST, ["--data.init_args.root={tmp}/nowhere"], ["MNIST", "nowhere"]),
     "truncated-checkpoint": (RING, [lambda r, t: f"--ckpt_path={truncated(r, t)}"], ["truncated"]),

@@ -233,6 +233,17 @@ def check_compatible(model: nn.Module, datamodule: Any) -> None:
     Raises:
         GenlitError: one line naming the network, both values and the config keys to align.
     """
+    image_size = getattr(datamodule, "image_size", None)
+    if image_size is not None and getattr(datamodule, "data_dim", None) is None:
+        for name, network in model.named_children():
+            points = getattr(network, "data_dim", None)
+            if points is not None and getattr(network, "image_size", None) is None:
+                channels = getattr(datamodule, "channels", "?")
+                raise GenlitError(
+                    f"the {name} ({type(network).__name__}) takes {points}-D points but "
+                    f"{type(datamodule).__name__} gives {channels}x{image_size}x{image_size} "
+                    "images: use an image network (e.g. genlit.networks.dcgan) or a 2-D datamodule"
+                )
     for key in _SHAPE_KEYS:
         wanted = getattr(datamodule, key, None)
         if wanted is None:
