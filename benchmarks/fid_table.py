@@ -152,7 +152,7 @@ def main() -> None:
         "--cache_dir", default=None, help="reference statistics (default ~/.cache/genlit/fid)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained side by side")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--skip-training", action="store_true", help="measure existing runs only")
     parser.add_argument(
