@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from genlit.callbacks.images import run_dir, send_image
+from genlit.callbacks._rng import seeded
+from genlit.callbacks.images import EpochPictures, run_dir, send_image
 
 
-class SampleGrid(Callback):
+class SampleGrid(EpochPictures):
     """Saves a grid of model samples as ``samples/grid_epoch_XXXX.png`` every few epochs.
 
     The noise is the same at every grid: sampling runs under a forked RNG seeded with ``seed``,
@@ -45,33 +45,13 @@ class SampleGrid(Callback):
         self._not_images = False
         self._drawn_at_step: int | None = None
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # The training epoch ends whether or not there is a validation split (Digits has none
-        # by default), so grids do not depend on check_val_every_n_epoch.
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.draw(trainer, pl_module)
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._drawn_at_step != trainer.global_step:
-            # By now the epoch counter is one past the last epoch; name the grid after that epoch.
-            self.draw(trainer, pl_module, epoch=max(trainer.current_epoch - 1, 0))
-
     def fixed_samples(self, pl_module: LightningModule) -> Tensor:
         """``pl_module.sample(num_samples)`` from the seeded noise, leaving the global RNG as it was.
 
         Args:
             pl_module: The model; it must implement ``sample(n)``.
         """
-        device = pl_module.device
-        accelerated = device.type not in ("cpu", "meta")
-        with torch.random.fork_rng(
-            devices=[device] if accelerated else [],
-            device_type=device.type if accelerated else None,
-        ):
-            torch.random.default_generator.manual_seed(self.seed)
-            if accelerated:
-                # Seeds the current device, which Lightning sets to the model's device.
-                torch.get_device_module(device.type).manual_seed(self.seed)
+        with seeded(pl_module.device, self.seed):
             return pl_module.sample(self.num_samples)
 
     def draw(

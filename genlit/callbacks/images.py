@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -44,3 +44,27 @@ def send_image(trainer: Trainer, key: str, path: Path) -> None:
                 logger.experiment.add_image(key, image, step, dataformats="HWC")
         except Exception as err:  # noqa: BLE001 - the tracker must never end a run
             rank_zero_warn(f"could not send {key} to {type(logger).__name__}: {err}")
+
+
+class EpochPictures(Callback):
+    """Draws a picture at the end of every ``every_n_epochs``-th training epoch and of fit.
+
+    The training epoch ends whether or not there is a validation split, so pictures do not
+    depend on ``check_val_every_n_epoch``. Subclasses implement ``draw(trainer, pl_module,
+    epoch=None)`` and set ``every_n_epochs`` and ``_drawn_at_step`` (the step of the last picture).
+    """
+
+    every_n_epochs: int
+    _drawn_at_step: int | None
+
+    def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int | None = None) -> Path | None:
+        raise NotImplementedError
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.draw(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._drawn_at_step != trainer.global_step:
+            # By now the epoch counter is one past the last epoch; name the picture after that epoch.
+            self.draw(trainer, pl_module, epoch=max(trainer.current_epoch - 1, 0))

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from genlit.callbacks.images import run_dir, send_image
+from genlit.callbacks.images import EpochPictures, run_dir, send_image
 
 
-class ReconstructionGrid(Callback):
+class ReconstructionGrid(EpochPictures):
     """Saves ``reconstructions/recon_epoch_XXXX.png``: rows of inputs, each above its reconstructions.
 
     The inputs are the first ``num_images`` validation images (training images when there is
@@ -41,14 +41,6 @@ class ReconstructionGrid(Callback):
         self._inputs: Tensor | None = None
         self._disabled = False
         self._drawn_at_step: int | None = None
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.draw(trainer, pl_module)
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._drawn_at_step != trainer.global_step:
-            self.draw(trainer, pl_module, epoch=max(trainer.current_epoch - 1, 0))
 
     def fixed_inputs(self, trainer: Trainer, pl_module: LightningModule) -> Tensor | None:
         """The first ``num_images`` images of the validation (else training) loader, cached."""
