@@ -24,6 +24,29 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def run_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Runs ``genlit ARGS`` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_model_is_one_line_with_exit_code_2_in_a_real_process():
+    # The whole way a user sees it: a fresh interpreter, `python -m genlit`, its exit status.
+    result = run_cli("fit", "--config", "configs/toy/ring_nsgan.yaml", "--model=NoSuchGAN")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("genlit: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "NoSuchGAN" in errors[0]
+    assert "GAN" in errors[0].replace("NoSuchGAN", "")  # names the choices
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -35,36 +58,34 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ],
     ids=["unknown-model", "unknown-key", "bad-choice", "wrong-type", "unknown-datamodule"],
 )
-def test_config_mistakes_are_one_line_with_exit_code_2(args, expected):
-    result = run_cli("fit", "--config", "configs/toy/ring_nsgan.yaml", *args)
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("genlit: error:")]
-    assert len(errors) == 1, result.stderr
+def test_config_mistakes_are_one_line_with_exit_code_2(args, expected, capsys):
+    code, _, err = run_in_process(capsys, "fit", "--config", str(REPO / "configs/toy/ring_nsgan.yaml"), *args)
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("genlit: error:")]
+    assert len(errors) == 1, err
     assert expected in errors[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in err
 
 
-def test_unknown_model_names_the_choices():
-    result = run_cli("fit", "--config", "configs/toy/ring_nsgan.yaml", "--model=NoSuchGAN")
-    assert result.returncode == 2
-    assert "GAN" in result.stderr.replace("NoSuchGAN", "")
+def test_impossible_hyperparameter_is_one_line(capsys):
+    code, _, err = run_in_process(
+        capsys, "fit", "--config", str(REPO / "configs/toy/ring_nsgan.yaml"), "--model.init_args.k=0"
+    )
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("genlit: error: k ")
+    assert "Traceback" not in err
 
 
-def test_impossible_hyperparameter_is_one_line():
-    result = run_cli("fit", "--config", "configs/toy/ring_nsgan.yaml", "--model.init_args.k=0")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("genlit: error: k ")
-    assert "Traceback" not in result.stderr
-
-
-def test_print_config_round_trips(tmp_path):
-    result = run_cli("fit", "--config", "configs/toy/ring_wgan.yaml", "--print_config")
-    assert result.returncode == 0, result.stderr
-    assert "torch.optim.RMSprop" in result.stdout and "class_path: genlit.models.WGAN" in result.stdout
+def test_print_config_round_trips(tmp_path, capsys):
+    code, printed, err = run_in_process(
+        capsys, "fit", "--config", str(REPO / "configs/toy/ring_wgan.yaml"), "--print_config"
+    )
+    assert code == 0, err
+    assert "torch.optim.RMSprop" in printed and "class_path: genlit.models.WGAN" in printed
     saved = tmp_path / "config.yaml"
-    saved.write_text(result.stdout)
-    again = run_cli("fit", "--config", str(saved), "--print_config")
-    assert again.returncode == 0 and again.stdout == result.stdout
+    saved.write_text(printed)
+    code, again, err = run_in_process(capsys, "fit", "--config", str(saved), "--print_config")
+    assert code == 0 and again == printed, err
 
 
 def test_generator_steps_become_optimizer_steps(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -80,15 +78,13 @@ def test_critic_with_batch_norm_is_refused_for_wgan_gp():
         WGANGP(DCGANGenerator(8, 1, 16, 8), DCGANDiscriminator(1, 16, 8, batch_norm=True))
 
 
-def test_cli_mismatch_is_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "genlit", "fit", "--config", "configs/digits/nsgan.yaml",
-         "--data.init_args.image_size=28", "--trainer.logger=false",
-         f"--trainer.default_root_dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
+def test_cli_mismatch_is_one_line(tmp_path, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs/digits/nsgan.yaml"), "--data.init_args.image_size=28",
+              "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("genlit: error: Digits gives image_size=28")
     assert "model.init_args.generator.init_args.image_size" in last
 
@@ -107,18 +103,17 @@ def test_sample_command_from_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "foreign"])
-def test_bad_checkpoints_are_one_line(tmp_path, kind):
+def test_bad_checkpoints_are_one_line(tmp_path, kind, capsys):
     ckpt = tmp_path / "model.ckpt"
     if kind == "truncated":
         torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
         ckpt.write_bytes(ckpt.read_bytes()[:100])
     elif kind == "foreign":
         torch.save({"state_dict": {"w": torch.zeros(3)}}, ckpt)
-    result = subprocess.run(
-        [sys.executable, "-m", "genlit", "sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "x.png")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("genlit: error: checkpoint")
     assert not (tmp_path / "x.png").exists()
