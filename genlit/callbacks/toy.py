@@ -15,7 +15,10 @@ from genlit.metrics.modes import mode_statistics
 def _due(trainer: Trainer, every_n_epochs: int) -> bool:
     if trainer.sanity_checking:
         return False
-    last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+    # The last validation of fit: its epoch budget or its step budget is spent (Lightning sets
+    # max_epochs = -1 and max_steps = -1 for "no limit").
+    max_epochs, max_steps = trainer.max_epochs or -1, trainer.max_steps
+    last = (0 < max_epochs <= trainer.current_epoch + 1) or (0 < max_steps <= trainer.global_step)
     return (trainer.current_epoch + 1) % every_n_epochs == 0 or last or trainer.should_stop
 
 
