@@ -13,6 +13,8 @@ import math
 import os
 import random
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -219,6 +221,23 @@ class GenerativeModel(LightningModule):
         if trainer is None:
             return False
         return trainer._logger_connector.should_update_logs
+
+
+@contextmanager
+def frozen(network: nn.Module) -> Iterator[None]:
+    """No gradient flows into ``network``'s weights inside the block (the other network's phase).
+
+    What ``LightningModule.toggled_optimizer`` does for two optimizers, at a fraction of its
+    per-step cost; weights a user froze stay frozen.
+    """
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 _SHAPE_KEYS = ("channels", "image_size", "data_dim")
@@ -446,7 +465,7 @@ class AdversarialModel(GenerativeModel):
             real = real.contiguous(memory_format=torch.channels_last)
         opt_g, opt_d = self.optimizers()
         log = self._should_log()
-        with self.toggled_optimizer(opt_d):
+        with frozen(self.generator):
             d_out = self.discriminator_step(real)
             self.guard({"d_loss": d_out["loss"]})
             d_out["grad_norm_d"] = self.step_optimizer(opt_d, d_out["loss"], self.discriminator, log)
@@ -454,7 +473,7 @@ class AdversarialModel(GenerativeModel):
         self.after_discriminator_update()
         g_out = None
         if self.is_generator_turn():
-            with self.toggled_optimizer(opt_g):
+            with frozen(self.discriminator):
                 g_out = self.generator_step(real.shape[0])
                 self.guard({"g_loss": g_out["loss"]})
                 g_out["grad_norm_g"] = self.step_optimizer(opt_g, g_out["loss"], self.generator, log)
