@@ -32,9 +32,13 @@ class ImageDataModule(LightningDataModule):
     (``_spatial``); everything else is shared.
 
     Args:
-        root: Directory holding the dataset in torchvision's layout (downloads go there too).
+        root: Directory holding the dataset in torchvision's layout (downloads go there too);
+            for ImageFolder, the folder of training images. None: ``data``, except for
+            ImageFolder, which needs a folder.
         download: Download the dataset into ``root`` when it is missing (needs network access).
-        image_size: Height and width of the returned images, in pixels.
+        image_size: Height and width of the returned images, in pixels. None: the dataset's
+            native size: 28 for MNIST and Fashion-MNIST, 32 for CIFAR-10, 64 for
+            CelebA/ImageFolder, 8 for Digits.
         batch_size: Images per batch.
         num_workers: DataLoader worker processes for ``in_memory=False``; with
             ``in_memory=True`` they only speed up the one-off decode at setup.
@@ -43,6 +47,8 @@ class ImageDataModule(LightningDataModule):
         seed: Seed for the validation split and the training shuffle order.
         in_memory: Decode the whole split once into a uint8 tensor on the device and gather
             batches there, instead of decoding images per batch in DataLoader workers.
+            None: the dataset's default: True, except False for CelebA (about 2.4 GB at 64x64)
+            and ImageFolder.
     """
 
     dataset_name: ClassVar[str] = "images"
@@ -50,19 +56,32 @@ class ImageDataModule(LightningDataModule):
     native_size: ClassVar[int | None] = None
     downloadable: ClassVar[bool] = True
     official_test_split: ClassVar[bool] = True
+    # What the None-able arguments resolve to; every argument is declared here only.
+    default_root: ClassVar[str | None] = "data"
+    default_image_size: ClassVar[int] = 32
+    default_in_memory: ClassVar[bool] = True
 
     def __init__(
         self,
-        root: str = "data",
+        root: str | None = None,
         download: bool = True,
-        image_size: int = 32,
+        image_size: int | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         val_fraction: float = 0.0,
         seed: int = 0,
-        in_memory: bool = True,
+        in_memory: bool | None = None,
     ) -> None:
         super().__init__()
+        defaulted: dict[str, Any] = {}  # arguments given as None: this dataset's defaults
+        if root is None:
+            root = defaulted["root"] = self.default_root
+        if image_size is None:
+            image_size = defaulted["image_size"] = self.default_image_size
+        if in_memory is None:
+            in_memory = defaulted["in_memory"] = self.default_in_memory
+        if root is None:
+            raise ValueError(f"{self.dataset_name} needs root: it has no default folder")
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
         if batch_size < 1:
@@ -72,6 +91,9 @@ class ImageDataModule(LightningDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.save_hyperparameters()
+        # The CLI records the None it was given; the hparams (logged, and in checkpoints) must
+        # say what was used, as they did when each dataset declared its own defaults.
+        self.save_hyperparameters(defaulted)  # an empty dict leaves them as they are
         self.root = root
         self.download = download
         self.batch_size = batch_size

@@ -60,6 +60,7 @@ class _IDXDataModule(ImageDataModule):
     torchvision_class: ClassVar[type[torchvision.datasets.MNIST]] = torchvision.datasets.MNIST
     native_channels = 1
     native_size = 28
+    default_image_size = 28
 
     def _open(self, source: str, transform: Any) -> Dataset:
         cls = self.torchvision_class
@@ -85,35 +86,10 @@ class MNIST(_IDXDataModule):
     Files: ``root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``, extracted next
     to themselves on first use (torchvision reads the extracted files), so ``root`` must be
     writable.
-
-    Args:
-        root: Directory holding ``MNIST/raw``.
-        download: Download the four files when missing (needs network access).
-        image_size: Height and width of the returned images (resized from 28).
-        batch_size: Images per batch.
-        num_workers: DataLoader workers for ``in_memory=False``.
-        val_fraction: Fraction of the training split held out for validation; 0 disables it.
-        seed: Seed for the validation split and the training shuffle order.
-        in_memory: Keep the split as one uint8 tensor on the device and gather batches there.
     """
 
     dataset_name = "MNIST"
     torchvision_class = torchvision.datasets.MNIST
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = True,
-        image_size: int = 28,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        in_memory: bool = True,
-    ) -> None:
-        super().__init__(
-            root, download, image_size, batch_size, num_workers, val_fraction, seed, in_memory
-        )
 
 
 class FashionMNIST(_IDXDataModule):
@@ -121,35 +97,10 @@ class FashionMNIST(_IDXDataModule):
 
     Files: ``root/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``,
     extracted next to themselves on first use, so ``root`` must be writable.
-
-    Args:
-        root: Directory holding ``FashionMNIST/raw``.
-        download: Download the four files when missing (needs network access).
-        image_size: Height and width of the returned images (resized from 28).
-        batch_size: Images per batch.
-        num_workers: DataLoader workers for ``in_memory=False``.
-        val_fraction: Fraction of the training split held out for validation; 0 disables it.
-        seed: Seed for the validation split and the training shuffle order.
-        in_memory: Keep the split as one uint8 tensor on the device and gather batches there.
     """
 
     dataset_name = "FashionMNIST"
     torchvision_class = torchvision.datasets.FashionMNIST
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = True,
-        image_size: int = 28,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        in_memory: bool = True,
-    ) -> None:
-        super().__init__(
-            root, download, image_size, batch_size, num_workers, val_fraction, seed, in_memory
-        )
 
 
 # --- CIFAR-10 ----------------------------------------------------------------------------------
@@ -160,36 +111,13 @@ class CIFAR10(ImageDataModule):
 
     Reads torchvision's pickled batches in ``root/cifar-10-batches-py``. Where those are absent
     but a JPEG export ``root/CIFAR10-images/{train,test}/<class>/*.jpg`` exists (class folders
-    sort into CIFAR-10's label order), that split is read with torchvision's ``ImageFolder``.
-
-    Args:
-        root: Directory holding ``cifar-10-batches-py`` (or ``CIFAR10-images``).
-        download: Download the pickled batches when missing (needs network access).
-        image_size: Height and width of the returned images (resized from 32).
-        batch_size: Images per batch.
-        num_workers: DataLoader workers for ``in_memory=False`` and the decode of JPEGs.
-        val_fraction: Fraction of the training split held out for validation; 0 disables it.
-        seed: Seed for the validation split and the training shuffle order.
-        in_memory: Keep the split as one uint8 tensor on the device and gather batches there.
+    sort into CIFAR-10's label order), that split is read with torchvision's ``ImageFolder``,
+    decoded by ``num_workers`` workers.
     """
 
     dataset_name = "CIFAR10"
     native_size = 32
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = True,
-        image_size: int = 32,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        in_memory: bool = True,
-    ) -> None:
-        super().__init__(
-            root, download, image_size, batch_size, num_workers, val_fraction, seed, in_memory
-        )
+    default_image_size = 32
 
     def _open(self, source: str, transform: Any) -> Dataset:
         root = Path(self.root).expanduser().resolve()
@@ -225,35 +153,14 @@ class CelebA(ImageDataModule):
 
     Files: ``root/celeba/img_align_celeba/*.jpg`` and ``list_eval_partition.txt``,
     ``identity_CelebA.txt``, ``list_attr_celeba.txt``, ``list_bbox_celeba.txt``,
-    ``list_landmarks_align_celeba.txt`` (torchvision reads all five).
-
-    Args:
-        root: Directory holding ``celeba``.
-        download: Download from Google Drive when missing (needs network access and gdown).
-        image_size: Height and width of the returned images (resized from the 140 crop).
-        batch_size: Images per batch.
-        num_workers: DataLoader workers (JPEG decoding is the bottleneck here).
-        val_fraction: Fraction of the training split held out for validation; 0 disables it.
-        seed: Seed for the validation split and the training shuffle order.
-        in_memory: Decode every image once into memory (about 2.4 GB at 64x64).
+    ``list_landmarks_align_celeba.txt`` (torchvision reads all five). ``download`` fetches them
+    from Google Drive (needs network access and gdown). JPEG decoding is the bottleneck, so
+    ``num_workers`` matters here; ``in_memory=True`` holds about 2.4 GB at 64x64.
     """
 
     dataset_name = "CelebA"
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = True,
-        image_size: int = 64,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        in_memory: bool = False,
-    ) -> None:
-        super().__init__(
-            root, download, image_size, batch_size, num_workers, val_fraction, seed, in_memory
-        )
+    default_image_size = 64
+    default_in_memory = False
 
     def _spatial(self) -> list[Any]:
         return [T.CenterCrop(140), T.Resize(self.image_size)]
@@ -285,41 +192,30 @@ class ImageFolder(ImageDataModule):
 
     With one subfolder per class (``root/<class>/*.png``) the labels are the class indices in
     sorted order, as in torchvision's ImageFolder. When images lie directly in ``root``, all
-    images below it form one class with label 0.
+    images below it form one class with label 0. Image decoding is the bottleneck, so
+    ``num_workers`` matters here. Nothing is downloaded; the other arguments are
+    :class:`ImageDataModule`'s.
 
     Args:
-        root: The training image folder.
         test_root: A folder of test images in the same layout; without it, testing uses the
             validation split.
         channels: 3 for RGB or 1 for grayscale.
-        image_size: Height and width of the returned images.
-        batch_size: Images per batch.
-        num_workers: DataLoader workers (image decoding is the bottleneck here).
-        val_fraction: Fraction of the training images held out for validation; 0 disables it.
-        seed: Seed for the validation split and the training shuffle order.
-        in_memory: Decode every image once into memory.
     """
 
     dataset_name = "ImageFolder"
     downloadable = False
+    default_root = None
+    default_image_size = 64
+    default_in_memory = False
 
     def __init__(
-        self,
-        root: str,
-        test_root: str | None = None,
-        channels: int = 3,
-        image_size: int = 64,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        in_memory: bool = False,
+        self, *args: Any, test_root: str | None = None, channels: int = 3, **kwargs: Any
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
-        super().__init__(
-            root, False, image_size, batch_size, num_workers, val_fraction, seed, in_memory
-        )
+        super().__init__(*args, download=False, **kwargs)
+        # download is fixed, not an argument here: hparams must rebuild the datamodule.
+        self.hparams.pop("download", None)
         self.test_root = test_root
         self._channels = channels
 
@@ -352,15 +248,8 @@ class ImageFolder(ImageDataModule):
 class Digits(ImageDataModule):
     """scikit-learn's 1,797 handwritten 8x8 digits: bundled with scikit-learn, no download.
 
-    There is no official test split; testing uses the validation split.
-
-    Args:
-        image_size: Height and width of the returned images (resized from 8).
-        batch_size: Images per batch.
-        num_workers: DataLoader workers for ``in_memory=False``.
-        val_fraction: Fraction of the images held out for validation (and testing).
-        seed: Seed for the validation split and the training shuffle order.
-        in_memory: Keep the images as one uint8 tensor on the device and gather batches there.
+    There is no official test split; testing uses the validation split (``val_fraction`` of
+    the images). The arguments are :class:`ImageDataModule`'s, less ``root`` and ``download``.
     """
 
     dataset_name = "Digits"
@@ -368,19 +257,13 @@ class Digits(ImageDataModule):
     native_size = 8
     downloadable = False
     official_test_split = False
+    default_image_size = 8
 
-    def __init__(
-        self,
-        image_size: int = 8,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        in_memory: bool = True,
-    ) -> None:
-        super().__init__(
-            "", False, image_size, batch_size, num_workers, val_fraction, seed, in_memory
-        )
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(root="", download=False, **kwargs)
+        # Fixed, not arguments here: hparams must rebuild the datamodule.
+        for name in ("root", "download"):
+            self.hparams.pop(name, None)
 
     def _open(self, source: str, transform: Any) -> Dataset:
         return DigitsDataset(transform)

@@ -8,21 +8,24 @@ drawn at once and sliced into batches: data costs next to nothing per step.
 from __future__ import annotations
 
 import math
-import warnings
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from datamodules._resume import batches_done
 
-# Lightning warns that __len__ may be wrong with several workers; here the loader never has any.
-warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
 
+class _EpochBatches:
+    """Yields the batches of one freshly drawn epoch each time it is iterated.
 
-class _EpochBatches(IterableDataset):
-    """Yields the batches of one freshly drawn epoch each time it is iterated."""
+    The training loader itself: Lightning takes any iterable with a length. Being no
+    ``DataLoader`` it spawns no workers, draws no base seed from any generator, and raises no
+    "``IterableDataset`` has ``__len__``" warning (which is about worker copies).
+    """
 
     def __init__(self, datamodule: ToyDataModule) -> None:
         self.datamodule = datamodule
@@ -31,7 +34,7 @@ class _EpochBatches(IterableDataset):
     def __len__(self) -> int:
         return self.datamodule.samples_per_epoch // self.datamodule.batch_size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tensor]:
         dm = self.datamodule
         trainer = dm.trainer
         epoch = trainer.current_epoch if trainer is not None else self._iterations
@@ -93,10 +96,9 @@ class ToyDataModule(LightningDataModule):
             self._val = self.sample(self.val_samples, torch.Generator().manual_seed(self.seed + 1))
         return self._val
 
-    def train_dataloader(self) -> DataLoader:
-        # The loader's own generator: creating its iterator leaves the global RNG untouched.
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(_EpochBatches(self), batch_size=None, generator=generator)
+    def train_dataloader(self) -> _EpochBatches:
+        """Batches of ``(batch_size, 2)`` points drawn afresh every epoch, global RNG untouched."""
+        return _EpochBatches(self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_data, batch_size=self.val_samples)
@@ -106,7 +108,21 @@ class ToyDataModule(LightningDataModule):
 
 
 class _GaussianMixture(ToyDataModule):
-    """Equal-weight isotropic Gaussians of standard deviation ``std`` around ``centers``."""
+    """Equal-weight isotropic Gaussians of standard deviation ``std`` around ``centers``.
+
+    Args:
+        std: Standard deviation of every Gaussian. None: the distribution's default, 0.02 for
+            GaussianRing and 0.05 for GaussianGrid.
+    """
+
+    default_std: ClassVar[float]
+
+    def __init__(self, std: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        std = self.default_std if std is None else std
+        if std <= 0:
+            raise ValueError(f"{type(self).__name__} needs std > 0, got {std}")
+        self.std = std
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         assert self.centers is not None and self.std is not None
@@ -120,29 +136,16 @@ class GaussianRing(_GaussianMixture):
     Args:
         n_modes: Number of Gaussians on the ring.
         radius: Radius of the ring.
-        std: Standard deviation of every Gaussian.
-        batch_size: Points per batch.
-        samples_per_epoch: Fresh points drawn for every training epoch.
-        val_samples: Size of the fixed validation set.
-        seed: Seed of every draw.
     """
 
-    def __init__(
-        self,
-        n_modes: int = 8,
-        radius: float = 2.0,
-        std: float = 0.02,
-        batch_size: int = 256,
-        samples_per_epoch: int = 25_600,
-        val_samples: int = 2_500,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, samples_per_epoch, val_samples, seed)
-        if n_modes < 1 or radius <= 0 or std <= 0:
-            raise ValueError("GaussianRing needs n_modes >= 1, radius > 0 and std > 0")
+    default_std = 0.02
+
+    def __init__(self, n_modes: int = 8, radius: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if n_modes < 1 or radius <= 0:
+            raise ValueError("GaussianRing needs n_modes >= 1 and radius > 0")
         angles = torch.arange(n_modes) * (2 * math.pi / n_modes)
         self.centers = radius * torch.stack([angles.cos(), angles.sin()], dim=1)  # (K, 2)
-        self.std = std
 
 
 class GaussianGrid(_GaussianMixture):
@@ -151,29 +154,16 @@ class GaussianGrid(_GaussianMixture):
     Args:
         side: Gaussians per side of the grid (``side**2`` modes).
         spacing: Distance between neighbouring centres; the grid is centred on the origin.
-        std: Standard deviation of every Gaussian.
-        batch_size: Points per batch.
-        samples_per_epoch: Fresh points drawn for every training epoch.
-        val_samples: Size of the fixed validation set.
-        seed: Seed of every draw.
     """
 
-    def __init__(
-        self,
-        side: int = 5,
-        spacing: float = 2.0,
-        std: float = 0.05,
-        batch_size: int = 256,
-        samples_per_epoch: int = 25_600,
-        val_samples: int = 2_500,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, samples_per_epoch, val_samples, seed)
-        if side < 1 or spacing <= 0 or std <= 0:
-            raise ValueError("GaussianGrid needs side >= 1, spacing > 0 and std > 0")
+    default_std = 0.05
+
+    def __init__(self, side: int = 5, spacing: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if side < 1 or spacing <= 0:
+            raise ValueError("GaussianGrid needs side >= 1 and spacing > 0")
         ticks = (torch.arange(side) - (side - 1) / 2) * spacing
         self.centers = torch.cartesian_prod(ticks, ticks)  # (side**2, 2)
-        self.std = std
 
 
 class SwissRoll(ToyDataModule):
@@ -181,21 +171,10 @@ class SwissRoll(ToyDataModule):
 
     Args:
         noise: Standard deviation of the Gaussian noise added before scaling.
-        batch_size: Points per batch.
-        samples_per_epoch: Fresh points drawn for every training epoch.
-        val_samples: Size of the fixed validation set.
-        seed: Seed of every draw.
     """
 
-    def __init__(
-        self,
-        noise: float = 0.25,
-        batch_size: int = 256,
-        samples_per_epoch: int = 25_600,
-        val_samples: int = 2_500,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, samples_per_epoch, val_samples, seed)
+    def __init__(self, noise: float = 0.25, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.noise = noise
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -212,21 +191,10 @@ class ParallelLines(ToyDataModule):
 
     Args:
         x: The abscissa of the line (0 in the paper).
-        batch_size: Points per batch.
-        samples_per_epoch: Fresh points drawn for every training epoch.
-        val_samples: Size of the fixed validation set.
-        seed: Seed of every draw.
     """
 
-    def __init__(
-        self,
-        x: float = 0.0,
-        batch_size: int = 256,
-        samples_per_epoch: int = 25_600,
-        val_samples: int = 2_500,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, samples_per_epoch, val_samples, seed)
+    def __init__(self, x: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.x = x
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
