@@ -9,8 +9,9 @@ import path with :func:`load_features`:
   resized to 299x299 the way TensorFlow 1 did (torchmetrics' ``antialias=False``), so the
   numbers are comparable with published FIDs. Online the weights download once; offline,
   give ``weights_path``.
-* ``digits``, ``mnist``, ``fashion_mnist``: genlit's own small CNN classifiers, trained by
-  ``python -m genlit.metrics.train_features DATASET`` on the real training split and shipped
+* ``digits``, ``mnist``, ``fashion_mnist``: genlit's own small CNN classifiers
+  (:class:`genlit.networks.classifier.SmallClassifier`), trained by
+  ``python scripts/train_features.py DATASET`` on the real training split and shipped
   with the package (``genlit/metrics/weights/``), so FID runs offline and fast on a CPU. Their
   penultimate layer (128-d) gives the features. **FIDs computed with them are comparable only
   with other FIDs computed with the same network, never with published Inception FIDs.**
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from genlit.errors import GenlitError
+from genlit.networks.classifier import SmallClassifier
 
 __all__ = [
     "FEATURE_NETWORKS",
@@ -42,7 +44,6 @@ __all__ = [
     "FeatureExtractor",
     "InceptionFeatures",
     "ModuleFeatures",
-    "SmallClassifier",
     "inception_weights_folder",
     "load_features",
 ]
@@ -96,65 +97,11 @@ class FeatureExtractor(nn.Module):
 # --- genlit's classifiers ----------------------------------------------------------------------
 
 
-class SmallClassifier(nn.Module):
-    """A small CNN classifier whose penultimate layer gives FID features.
-
-    Two conv blocks, each halving the resolution with a max pool, and a strided conv feed a
-    fully connected feature layer; a linear head classifies from it. About 190k parameters and
-    5 M multiply-adds per 28x28 image, so 10,000 images take a few seconds on a CPU.
-
-    Args:
-        channels: Input channels.
-        input_size: Height and width the network was trained at.
-        width: Channels of the first block (the others have twice as many).
-        num_features: Size of the feature layer.
-        num_classes: Classes of the head.
-    """
-
-    def __init__(
-        self,
-        channels: int = 1,
-        input_size: int = 28,
-        width: int = 32,
-        num_features: int = 128,
-        num_classes: int = 10,
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.input_size = input_size
-        self.num_features = num_features
-        side = (input_size // 4 + 1) // 2  # two max pools, then a stride-2 conv (padding 1)
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
-            nn.Flatten(),  # (B, 2 * width * side * side)
-            nn.Linear(2 * width * side * side, num_features),
-            nn.ReLU(inplace=True),
-        )
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(num_features, num_classes))
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations ``(B, num_features)`` of inputs normalised to [-1, 1]."""
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits ``(B, num_classes)`` of inputs normalised to [-1, 1]."""
-        return self.head(self.body(x))
-
-
 def prepare_images(images: Tensor, channels: int, size: int) -> Tensor:
-    """uint8 images to the float input of a :class:`SmallClassifier`: [-1, 1], its channels and size.
+    """uint8 images to the input of a :class:`~genlit.networks.classifier.SmallClassifier`.
 
-    Resizing is bilinear with antialiasing; RGB becomes grey with the ITU-R 601 luma weights.
+    Floats in [-1, 1] with the network's channels and size: resizing is bilinear with
+    antialiasing; RGB becomes grey with the ITU-R 601 luma weights.
     """
     x = images.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
     if x.shape[1] != channels:
@@ -182,7 +129,7 @@ class ClassifierFeatures(FeatureExtractor):
 
     Args:
         name: One of ``digits``, ``mnist``, ``fashion_mnist``.
-        weights_path: A weights file written by ``genlit.metrics.train_features`` to use
+        weights_path: A weights file written by ``scripts/train_features.py`` to use
             instead of the shipped one.
     """
 
@@ -196,7 +143,7 @@ class ClassifierFeatures(FeatureExtractor):
         if not path.is_file():
             raise GenlitError(
                 f"the weights of genlit's {name} feature network are missing ({path}): reinstall "
-                f"genlit or run python -m genlit.metrics.train_features {name}"
+                f"genlit or run python scripts/train_features.py {name} (from a checkout)"
             )
         saved = torch.load(path, map_location="cpu", weights_only=True)
         self.name = name
@@ -356,7 +303,7 @@ def load_features(
         spec: ``inception``, ``digits``, ``mnist``, ``fashion_mnist``, an import path
             (``package.module.Class`` or a function returning an ``nn.Module``), or a module.
         weights_path: Inception: a local copy of the weights. genlit classifiers: a file
-            written by ``train_features``. A user class: a state dict to load into it.
+            written by ``scripts/train_features.py``. A user class: a state dict to load into it.
 
     Raises:
         GenlitError: unknown name, or weights that cannot be found or loaded.

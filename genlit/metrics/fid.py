@@ -28,16 +28,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
-from torchmetrics.utilities.data import dim_zero_cat
 
+from genlit._compat import kid_fake_features, set_fid_real_statistics
 from genlit.errors import GenlitError
 from genlit.metrics.features import FeatureExtractor
 
 __all__ = [
     "FeatureDistances",
     "ReferenceStats",
+    "batch_images",
     "default_cache_dir",
     "generate_into",
+    "in_order",
     "real_batches",
     "reference_key",
     "reference_path",
@@ -215,7 +217,7 @@ def reference_path(key: dict[str, Any], cache_dir: str | Path | None = None) -> 
     return folder / f"{dataset}-{key.get('split')}-{size}{features}-{digest[:16]}.pt"
 
 
-def _in_order(loader: Any) -> Any:
+def in_order(loader: Any) -> Any:
     """The same batches without shuffling or a dropped last batch (a training loader's habits)."""
     if not isinstance(loader, DataLoader) or loader.batch_size is None:
         return loader
@@ -232,6 +234,19 @@ def _in_order(loader: Any) -> Any:
 _STAGES = {"train": "fit", "val": "validate", "test": "test"}
 
 
+def batch_images(batch: Tensor | tuple | list | dict) -> Tensor:
+    """The images of a batch: ``x`` itself, the first element of ``(x, y)``, or ``batch["x"]``.
+
+    The batch convention of ``GenerativeModel.unpack``, kept here so that metrics never import
+    the models (the layering is models -> metrics, one way).
+    """
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, dict):
+        return batch["x"]
+    return batch[0]
+
+
 def real_batches(
     datamodule: Any, split: str, device: torch.device | str = "cpu"
 ) -> Iterator[Tensor]:
@@ -243,12 +258,10 @@ def real_batches(
     Raises:
         GenlitError: unknown split or an empty one.
     """
-    from genlit.models.base import GenerativeModel
-
     if split not in _STAGES:
         raise GenlitError(f"reference split must be one of train, val, test; got {split!r}")
     datamodule.setup(_STAGES[split])
-    loader = _in_order(getattr(datamodule, f"{split}_dataloader")())
+    loader = in_order(getattr(datamodule, f"{split}_dataloader")())
     if isinstance(loader, (list, tuple)):
         if not loader:
             raise GenlitError(
@@ -261,7 +274,7 @@ def real_batches(
         batch = datamodule.on_before_batch_transfer(batch, 0)
         batch = datamodule.transfer_batch_to_device(batch, device, 0)
         batch = datamodule.on_after_batch_transfer(batch, 0)
-        yield to_uint8(GenerativeModel.unpack(batch))
+        yield to_uint8(batch_images(batch))
 
 
 def reference_statistics(
@@ -360,7 +373,7 @@ class _ReferenceKID(KernelInceptionDistance):
 
     def compute(self) -> tuple[Tensor, Tensor]:
         real = self.reference
-        fake = dim_zero_cat(self.fake_features).to(real.dtype)
+        fake = kid_fake_features(self).to(real.dtype)
         m = min(self.subset_size, len(real), len(fake))
         if m < 2:
             raise GenlitError("KID needs at least 2 generated and 2 real images")
@@ -490,14 +503,15 @@ class FeatureDistances(nn.Module):
         self.reference = stats
         self.image_shape = stats.image_shape
         self.fid.reset()
-        device = self.fid.device
         scale = 1.0 if hold else 0.0
-        self.fid.real_features_sum = stats.features_sum.to(device) * scale
-        self.fid.real_features_cov_sum = stats.cov_sum.to(device) * scale
-        count = stats.num_samples if hold else 0
-        self.fid.real_features_num_samples = torch.tensor(count, dtype=torch.long, device=device)
+        set_fid_real_statistics(
+            self.fid,
+            stats.features_sum * scale,
+            stats.cov_sum * scale,
+            stats.num_samples if hold else 0,
+        )
         if self._kid_wanted:
-            self._build_kid(stats.features.to(device))
+            self._build_kid(stats.features.to(self.fid.device))
 
     def compute(self) -> dict[str, float]:
         """``{"fid": ..., "kid_mean": ..., "kid_std": ...}`` over every rank's generated images."""

@@ -1,10 +1,10 @@
 """Trains genlit's FID feature classifiers and writes them into the package.
 
-    python -m genlit.metrics.train_features mnist --data-root data
-    python -m genlit.metrics.train_features fashion_mnist --data-root data
-    python -m genlit.metrics.train_features digits
+    python scripts/train_features.py mnist --data-root data
+    python scripts/train_features.py fashion_mnist --data-root data
+    python scripts/train_features.py digits
 
-Each trains a :class:`~genlit.metrics.features.SmallClassifier` on the real training split,
+Each trains a :class:`~genlit.networks.classifier.SmallClassifier` on the real training split,
 read through genlit's own datamodule (so it sees exactly the pixels FID will), reports the
 accuracy on the test split, and writes ``genlit/metrics/weights/DATASET.pt``: the weights in
 float16 (a few hundred kB), the architecture and the test accuracy. Images reach the network
@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlit.metrics.features import WEIGHTS_DIR, SmallClassifier, prepare_images
-from genlit.metrics.fid import _in_order, to_uint8
+from genlit.metrics.features import WEIGHTS_DIR, prepare_images
+from genlit.metrics.fid import in_order, to_uint8
+from genlit.networks.classifier import SmallClassifier
 
 # dataset -> (datamodule class name, input size, epochs, the test split's name, the largest
 # random shift in pixels: centred digits profit from it, centred clothes do not)
@@ -47,7 +48,7 @@ def load_split(dataset: str, data_root: str, split: str) -> tuple[Tensor, Tensor
     else:
         datamodule = cls(root=data_root, download=True, image_size=size, batch_size=1000)
     datamodule.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-    loader = _in_order(getattr(datamodule, f"{split}_dataloader")())
+    loader = in_order(getattr(datamodule, f"{split}_dataloader")())
     images, labels = [], []
     for batch in loader:
         x, y = datamodule.on_after_batch_transfer(batch, 0)
@@ -127,7 +128,7 @@ def train(dataset: str, data_root: str, epochs: int | None, seed: int, out: Path
             "epochs": epochs,
             "max_shift": max_shift,
             "seed": seed,
-            "trained_by": f"python -m genlit.metrics.train_features {dataset}",
+            "trained_by": f"python scripts/train_features.py {dataset}",
         },
         path,
     )
@@ -147,7 +148,7 @@ def train(dataset: str, data_root: str, epochs: int | None, seed: int, out: Path
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m genlit.metrics.train_features",
+        prog="python scripts/train_features.py",
         description="Train a genlit FID feature classifier on the real training split.",
     )
     parser.add_argument("dataset", choices=sorted(RECIPES))
