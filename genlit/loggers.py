@@ -1,4 +1,4 @@
-"""A Weights & Biases logger that never stops a run: offline by itself, failures become warnings.
+"""A Weights & Biases logger that goes offline by itself and never stops a run.
 
 Stack ``configs/logger/wandb.yaml`` on any experiment to use it::
 
@@ -8,26 +8,24 @@ Stack ``configs/logger/wandb.yaml`` on any experiment to use it::
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
-import string
 import sys
-from argparse import Namespace
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
-from lightning.pytorch.loggers.logger import DummyExperiment, rank_zero_experiment
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-__all__ = ["WandbLogger", "wandb_credentials_found"]
+from genlit._compat import wandb_init_arguments
+from genlit.callbacks import images
 
-# The name LightningCLI's SaveConfigCallback gives the full config it writes to trainer.log_dir.
-CONFIG_FILE = "config.yaml"
-_OFFLINE_MODES = ("offline", "dryrun")
+__all__ = ["SaveConfigToRun", "WandbLogger", "wandb_credentials_found"]
 
 
 def wandb_credentials_found() -> bool:
@@ -67,15 +65,28 @@ def _credentials_in_env_or_netrc() -> bool:
     return bool(entry and entry[2])
 
 
+def _choose_mode(offline: bool | None, requested: str | None) -> tuple[str, str]:
+    """``("online" | "offline" | "disabled", why)``, decided before any run is started."""
+    requested = str(requested or os.environ.get("WANDB_MODE", "")).lower()
+    if offline:
+        return "offline", "offline=True"
+    if requested in ("offline", "dryrun"):
+        return "offline", f"WANDB_MODE={requested}"
+    if requested == "disabled":
+        return "disabled", "WANDB_MODE=disabled"
+    if offline is None and not wandb_credentials_found():
+        return "offline", "no W&B credentials found (set WANDB_API_KEY or run `wandb login`)"
+    return "online", ""
+
+
 def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def _run_id() -> str:
-    # wandb's own id alphabet; drawn from `secrets`, so seeding the global RNG cannot repeat it.
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
+def _notice(message: str) -> None:
+    if rank_zero_only.rank == 0:
+        print(f"genlit: {message}", file=sys.stderr, flush=True)
 
 
 class WandbLogger(_LightningWandbLogger):
@@ -84,23 +95,21 @@ class WandbLogger(_LightningWandbLogger):
     * Mode: offline when ``offline=True``, when ``WANDB_MODE`` is ``offline``, or when no
       credentials are found (no ``WANDB_API_KEY``, no ``wandb login``); otherwise online, and
       if the online run cannot start within ``init_timeout`` seconds (no network, bad key) the
-      run starts offline instead. Each switch prints one line; at the end of an offline run the
-      exact ``wandb sync <run dir>`` command is printed.
-    * Everything logged: the metrics, the hyperparameters, the full ``genlit`` config (the
-      ``config.yaml`` the CLI saves is logged as the run's config and kept as a run file),
-      the images sent by callbacks, and the paths of saved checkpoints in the run summary
-      (``checkpoints/last_path``, ``checkpoints/best_path``; no upload unless ``log_model``).
-    * A tracker error while logging becomes one warning per kind of call; training goes on.
-    * ``save_dir`` (what Lightning uses as ``trainer.log_dir``) is this run's own folder,
-      ``<save_dir>/<project>/<run id>``, so runs never overwrite each other's config and
-      pictures. W&B's files stay in ``<save_dir>/wandb``. A ``ModelCheckpoint`` without
-      ``dirpath`` appends project and id to that folder again:
-      ``<run folder>/<project>/<run id>/checkpoints``.
+      run starts offline instead (``log_model`` checkpoints then wait in the offline run for
+      ``wandb sync``). Each switch prints one line; at the end of an offline run the exact
+      ``wandb sync <run dir>`` command is printed.
+    * A tracker error while logging (every ``log_*`` ends in :meth:`log_metrics`) or while
+      finishing the run becomes one warning per kind of error; training goes on.
+    * The folders are Lightning's: W&B writes to ``<save_dir>/wandb``; the run's own folder
+      (:attr:`log_dir`) is ``<save_dir>/<project>/<run id>``, where ``ModelCheckpoint``
+      without ``dirpath`` writes ``checkpoints/``, and where genlit puts pictures and, with
+      :class:`SaveConfigToRun`, ``config.yaml``. The paths of saved checkpoints go to the run
+      summary (``checkpoints/last_path``, ``checkpoints/best_path``) when the run ends.
 
     Args:
         name: Display name of the run.
         save_dir: Root folder of the runs; W&B writes to ``<save_dir>/wandb``.
-        version: Run id, to resume a run; a fresh id is drawn when ``None``.
+        version: Run id, to resume a run; W&B draws a fresh id when ``None``.
         offline: ``True`` logs offline; ``None`` decides from ``WANDB_MODE`` and the
             credentials found; ``False`` skips the credentials check and tries online first.
         project: W&B project (``WANDB_PROJECT``, else ``lightning_logs``, when ``None``).
@@ -109,7 +118,10 @@ class WandbLogger(_LightningWandbLogger):
         prefix: Prefix of every metric key.
         init_timeout: Seconds to wait for the W&B server before falling back to offline.
         **kwargs: Lightning ``WandbLogger`` or ``wandb.init`` arguments (``entity``, ``tags``,
-            ``group``, ``settings``, ...).
+            ``group``, ``settings``, ...); ``None`` values mean wandb's defaults.
+
+    Raises:
+        ValueError: ``log_model`` asked of an ``offline=True`` run.
     """
 
     def __init__(
@@ -129,42 +141,40 @@ class WandbLogger(_LightningWandbLogger):
                 f"log_model={log_model!r} needs an online run: checkpoints cannot be uploaded "
                 "offline. Set offline to null or false, or log_model to false."
             )
+        # LightningCLI passes every wandb.init argument, None included: None means wandb's
+        # default (and would replace Lightning's own, resume="allow").
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        requested = kwargs.pop("mode", None)
+        self._mode, self._mode_reason = _choose_mode(offline, requested)
+        if requested or self._mode != "online":
+            kwargs["mode"] = self._mode
+        if self._mode != "online" and log_model:
+            log_model = False
+            self._mode_reason += "; checkpoints are not uploaded (their paths are recorded)"
+        settings = kwargs.get("settings")
+        if settings is None or isinstance(settings, dict):
+            # wandb's default waits 90 s for an unreachable server; a fallback should come sooner.
+            kwargs["settings"] = {"init_timeout": init_timeout, **(settings or {})}
         # The parent is always told "online": it would switch by setting WANDB_MODE for the
         # whole process, whereas the mode here goes to wandb.init of this run only.
         super().__init__(
             name=name,
             save_dir=save_dir,
-            version=version or kwargs.pop("id", None) or _run_id(),
+            version=version,
             offline=False,
             project=project,
             log_model=log_model,
             prefix=prefix,
             **kwargs,
         )
+        init = wandb_init_arguments(self)
+        if init.get("anonymous") is None:  # Lightning always passes it; wandb warns it is unused
+            init.pop("anonymous", None)
         self.init_timeout = init_timeout
-        self._mode, self._mode_reason = self._choose_mode(offline)
-        self._failed: set[str] = set()
+        self._run_started = False
         self._checkpointers: dict[int, ModelCheckpoint] = {}
-        self._config_logged = False
+        self._failures_reported: set[str] = set()
         self._sync_hint_shown = False
-        if self._mode == "offline" and self._log_model:
-            self._log_model = False
-            self._mode_reason += "; checkpoints are not uploaded (their paths are recorded)"
-
-    def _choose_mode(self, offline: bool | None) -> tuple[str, str]:
-        """Returns ``("online" | "offline" | "disabled", why)`` before any run is started."""
-        requested = str(self._wandb_init.get("mode") or os.environ.get("WANDB_MODE", "")).lower()
-        if offline:
-            return "offline", "offline=True"
-        if requested in _OFFLINE_MODES:
-            return "offline", f"WANDB_MODE={requested}"
-        if requested == "disabled":
-            return "disabled", "WANDB_MODE=disabled"
-        if offline is None and not wandb_credentials_found():
-            return "offline", "no W&B credentials found (set WANDB_API_KEY or run `wandb login`)"
-        return "online", ""
-
-    # --- the run ---------------------------------------------------------------------------
 
     @property
     def offline(self) -> bool:
@@ -175,181 +185,175 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_experiment
     def experiment(self) -> Any:
         """The ``wandb`` run, started on first use: online, else offline, else disabled."""
-        if self._experiment is None:
+        if not self._run_started:
             self._start_run()
-        return self._experiment
+        return super().experiment
 
     def _start_run(self) -> None:
-        if self._mode == "online":
-            try:
-                self._init_run(None)
-                return
-            except Exception as err:  # noqa: BLE001 - no network, bad key, server down
-                self._mode = "offline"
-                self._log_model = False
-                # wandb keeps the failed run's id reserved in this process: the offline run
-                # needs a new one.
-                self._id = self._wandb_init["id"] = _run_id()
-                _notice(f"W&B could not start an online run ({_one_line(err)}); logging offline")
-        elif self._mode == "offline":
-            _notice(f"logging to W&B offline: {self._mode_reason}")
+        init = wandb_init_arguments(self)
+        if self.save_dir:
+            # wandb looks for a git repository there and warns when the folder does not exist.
+            os.makedirs(self.save_dir, exist_ok=True)
         if self._mode == "offline":
+            _notice(f"logging to W&B offline: {self._mode_reason}")
+        while True:
             try:
-                self._init_run("offline")
-                return
-            except Exception as err:  # noqa: BLE001 - e.g. an unwritable save_dir
-                self._mode = "disabled"
-                rank_zero_warn(f"W&B could not start an offline run ({_one_line(err)}); W&B is off")
-        try:
-            self._init_run("disabled")
-        except Exception:  # noqa: BLE001 - the last resort accepts every call and does nothing
-            self._experiment = DummyExperiment()
-
-    def _init_run(self, mode: str | None) -> None:
-        # LightningCLI passes every wandb.init argument, None included: None means wandb's
-        # default (and an explicit anonymous=None makes recent wandb warn).
-        init = {key: value for key, value in self._wandb_init.items() if value is not None}
-        init.setdefault("resume", "allow")  # Lightning's default, lost when the CLI passes None
-        if mode is not None:
-            init["mode"] = mode
-        if init.get("dir") is not None:
-            # An absolute folder makes the printed `wandb sync` command work from anywhere.
-            init["dir"] = os.path.abspath(init["dir"])
-            # wandb looks for a git repository there and warns when the folder does not exist yet.
-            os.makedirs(init["dir"], exist_ok=True)
-        settings = init.get("settings")
-        if settings is None or isinstance(settings, dict):
-            # wandb's default waits 90 s for an unreachable server; a fallback should come sooner.
-            init["settings"] = {"init_timeout": self.init_timeout, **(settings or {})}
-        user_init, self._wandb_init = self._wandb_init, init
-        try:
-            self._experiment = None
-            run = super().experiment
-        except BaseException:
-            self._experiment = None
-            raise
-        finally:
-            self._wandb_init = user_init
-        # The run may differ from the one asked for: wandb.run was already active, or wandb's
-        # own settings (`wandb offline`, `wandb disabled`) chose the mode.
-        actual = str(getattr(getattr(run, "settings", None), "mode", mode or "online")).lower()
-        self._mode = "offline" if actual in _OFFLINE_MODES else actual
-        if self._mode not in ("online", "offline"):
-            self._mode = "disabled"
+                run = super().experiment
+                break
+            except Exception as err:  # noqa: BLE001 - no network, bad key, server down, full disk
+                if self._mode == "online":
+                    _notice(
+                        f"W&B could not start an online run ({_one_line(err)}); logging offline"
+                    )
+                    # wandb keeps the failed run's id reserved in this process: it draws another.
+                    init.update(mode="offline", id=None)
+                elif self._mode == "offline":
+                    rank_zero_warn(
+                        f"W&B could not start an offline run ({_one_line(err)}); W&B is off"
+                    )
+                    init["mode"] = "disabled"
+                else:
+                    raise
+                self._mode = init["mode"]
+        self._run_started = True
+        # wandb may have chosen another mode than asked (`wandb offline`, an active wandb.run).
+        mode = str(getattr(getattr(run, "settings", None), "mode", self._mode))
+        self._mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
 
     @property
     def run_dir(self) -> str | None:
         """W&B's folder of this run (``.../wandb/offline-run-...``), once the run has started."""
-        settings = getattr(self._experiment, "settings", None)
-        sync_dir = getattr(settings, "sync_dir", None)
-        return os.fspath(sync_dir) if sync_dir else None
-
-    @property
-    def save_dir(self) -> str | None:
-        """This run's folder, ``<save_dir>/<project>/<run id>``: config, pictures, checkpoints."""
-        if self._save_dir is None:
+        if not self._run_started:
             return None
-        return os.path.join(self._save_dir, str(self.name), str(self.version))
+        sync_dir = getattr(getattr(self.experiment, "settings", None), "sync_dir", None)
+        return os.path.abspath(sync_dir) if sync_dir else None
 
     @property
     def log_dir(self) -> str | None:
-        """The same folder as :attr:`save_dir`."""
-        return self.save_dir
+        """This run's folder, ``<save_dir>/<project>/<run id>``, once the id is known.
 
-    # --- logging, where a tracker error is a warning ----------------------------------------
+        Lightning's own: ``ModelCheckpoint`` without ``dirpath`` saves to its ``checkpoints``.
+        """
+        if self.save_dir is None or self.version is None:
+            return None
+        return os.path.join(self.save_dir, str(self.name), str(self.version))
 
     @contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
+    def _tracker_errors_are_warnings(self) -> Iterator[None]:
+        # The one failure boundary: W&B's service process already absorbs network and disk
+        # errors, but a finished run, a dead service or a media file that cannot be copied
+        # still raise here, in the training process.
         try:
             yield
         except Exception as err:  # noqa: BLE001 - the tracker must never end a run
-            if action not in self._failed:
-                self._failed.add(action)
+            what = _one_line(err)
+            if what not in self._failures_reported:
+                self._failures_reported.add(what)
                 rank_zero_warn(
-                    f"W&B could not {action} ({_one_line(err)}); training goes on, further "
-                    "failures of this kind are not reported."
+                    f"W&B could not log ({what}); training goes on, further failures of this "
+                    "kind are not reported."
                 )
 
     @rank_zero_only
-    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
-        with self._guard("log hyperparameters"):
-            super().log_hyperparams(params)
-        self.log_cli_config()
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Logs metrics; Lightning's ``log_image``, ``log_table``, ``log_text``... end here too.
 
-    @rank_zero_only
-    def log_cli_config(self) -> None:
-        """Logs the full config that ``genlit`` saved in this run's folder, once.
-
-        LightningCLI writes the whole config (trainer, callbacks, model, data, seed) to
-        ``config.yaml`` in ``trainer.log_dir`` but gives loggers only the model's and the
-        datamodule's hyperparameters; this puts the rest in the W&B run's config too.
+        Args:
+            metrics: Key to value (a number, or a ``wandb`` media object).
+            step: The trainer's step, logged as ``trainer/global_step``.
         """
-        path = Path(self.save_dir or ".") / CONFIG_FILE
-        if self._config_logged or not path.is_file():
-            return
-        self._config_logged = True
-        with self._guard("log the config"):
-            import yaml
-
-            config = yaml.safe_load(path.read_text())
-            if isinstance(config, dict):
-                self.experiment.config.update(config, allow_val_change=True)
-            # Kept as a run file too (files in run.dir are uploaded with the run): `genlit fit
-            # --config config.yaml` reruns the experiment.
-            files = getattr(self.experiment, "dir", None)
-            if files and os.path.isdir(files):
-                shutil.copyfile(path, os.path.join(files, CONFIG_FILE))
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        with self._guard("log metrics"):
+        with self._tracker_errors_are_warnings():
             super().log_metrics(metrics, step)
 
-    @rank_zero_only
-    def log_image(
-        self, key: str, images: list[Any], step: int | None = None, **kwargs: Any
-    ) -> None:
-        with self._guard("log images"):
-            super().log_image(key, images, step, **kwargs)
-
-    @rank_zero_only
-    def log_table(self, *args: Any, **kwargs: Any) -> None:
-        with self._guard("log a table"):
-            super().log_table(*args, **kwargs)
-
-    @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
-        with self._guard("upload checkpoints"):
-            super().after_save_checkpoint(checkpoint_callback)
+        """Uploads the checkpoint when ``log_model`` asks; its path is recorded at the end."""
+        super().after_save_checkpoint(checkpoint_callback)
         self._checkpointers[id(checkpoint_callback)] = checkpoint_callback
-        self._record_checkpoints(checkpoint_callback)
-
-    def _record_checkpoints(self, checkpoint_callback: ModelCheckpoint) -> None:
-        # Paths only: cheap, and they say where the weights of a dashboard curve are on disk.
-        latest = getattr(checkpoint_callback, "_last_checkpoint_saved", "")
-        paths = {
-            "checkpoints/last_path": latest or checkpoint_callback.last_model_path,
-            "checkpoints/best_path": checkpoint_callback.best_model_path,
-        }
-        paths = {key: str(Path(p).resolve()) for key, p in paths.items() if p}
-        if paths:
-            with self._guard("record checkpoint paths"):
-                self.experiment.summary.update(paths)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        with self._guard("finalize the run"):
+        """Uploads ``log_model`` checkpoints, records the checkpoint paths, tells how to sync.
+
+        Args:
+            status: ``"success"``, ``"failed"`` or ``"finished"``, as the trainer says.
+        """
+        if not self._run_started:
+            return
+        with self._tracker_errors_are_warnings():
             super().finalize(status)
-        with self._guard("record checkpoint paths"):
-            # The best checkpoint is only known for sure once training is over.
-            for checkpoint_callback in self._checkpointers.values():
-                self._record_checkpoints(checkpoint_callback)
-        if self.offline and self._experiment is not None and not self._sync_hint_shown:
+            for callback in self._checkpointers.values():
+                # With nothing monitored, Lightning's "best" checkpoint is the newest one.
+                newest = callback.last_model_path or (
+                    callback.best_model_path if callback.monitor is None else ""
+                )
+                paths = {
+                    "checkpoints/last_path": newest,
+                    "checkpoints/best_path": callback.best_model_path,
+                }
+                resolved = {key: str(Path(p).resolve()) for key, p in paths.items() if p}
+                self.experiment.summary.update(resolved)
+        if self.offline and not self._sync_hint_shown:
             self._sync_hint_shown = True
-            where = self.run_dir or os.path.join(str(self._save_dir), "wandb", "offline-run-*")
+            where = self.run_dir or os.path.join(
+                os.path.abspath(self.save_dir or "."), "wandb", "offline-run-*"
+            )
             _notice(f"W&B run saved offline; upload it with: wandb sync {where}")
 
 
-def _notice(message: str) -> None:
-    if rank_zero_only.rank == 0:
-        print(f"genlit: {message}", file=sys.stderr, flush=True)
+class SaveConfigToRun(SaveConfigCallback):
+    """LightningCLI's ``SaveConfigCallback`` that keeps the full config with each run.
+
+    ``config.yaml`` goes to the run's folder (``genlit.callbacks.images.run_dir``): the same as
+    ``trainer.log_dir`` for every logger but W&B's, whose ``trainer.log_dir`` is the
+    ``save_dir`` shared by all its runs (Lightning issue #17168: a second run would stop on
+    the first one's file). For each W&B logger, the whole config (trainer, callbacks, model,
+    data, seed; loggers get only the model's and datamodule's hyperparameters otherwise) goes
+    to the run's config, and a copy of ``config.yaml`` to the run's files:
+    ``genlit fit --config config.yaml`` reruns the experiment.
+
+    Used as ``LightningCLI(save_config_callback=SaveConfigToRun)``; arguments as Lightning's.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Saves ``config.yaml`` in the run's folder and hands the config to W&B, once."""
+        if self.already_saved:
+            return
+        if self.save_to_log_dir:
+            folder = trainer.strategy.broadcast(str(images.run_dir(trainer)))
+            path = os.path.join(folder, self.config_filename)
+            exists = trainer.strategy.broadcast(trainer.is_global_zero and os.path.isfile(path))
+            if exists and not self.overwrite:
+                raise RuntimeError(
+                    f"{path} exists: a run already saved its config there. Give the logger a new "
+                    'version, or set `save_config_kwargs={"overwrite": True}`.'
+                )
+            if trainer.is_global_zero:
+                os.makedirs(folder, exist_ok=True)
+                self.parser.save(
+                    self.config,
+                    path,
+                    skip_none=False,
+                    overwrite=self.overwrite,
+                    multifile=self.multifile,
+                )
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Hands the full config to every W&B logger's run, as its config and as a file.
+
+        Args:
+            trainer: The trainer, for its loggers.
+            pl_module: The model (unused).
+            stage: ``"fit"``, ``"validate"``, ... (unused).
+        """
+        text = self.parser.dump(self.config, skip_none=False)
+        for logger in trainer.loggers:
+            if isinstance(logger, _LightningWandbLogger):
+                run = logger.experiment
+                run.config.update(yaml.safe_load(text), allow_val_change=True)
+                if os.path.isdir(run.dir):  # a disabled run has none
+                    # Files in the run's folder are uploaded with the run (or by `wandb sync`).
+                    Path(run.dir, self.config_filename).write_text(text)

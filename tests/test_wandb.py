@@ -14,14 +14,17 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import PIL.Image
 import pytest
 import torch
 import wandb
+import yaml
 from wandb.proto import wandb_internal_pb2
 
 from datamodules.toy import GaussianRing
-from genlit.cli import main
-from genlit.loggers import WandbLogger
+from genlit.callbacks.images import run_dir
+from genlit.cli import GenlitCLI
+from genlit.loggers import SaveConfigToRun, WandbLogger
 from genlit.models import GAN
 from genlit.networks.mlp import MLPDiscriminator, MLPGenerator
 
@@ -120,7 +123,7 @@ def _finish_runs():
     wandb.finish()
 
 
-def toy_fit(logger: WandbLogger, tmp_path: Path) -> L.Trainer:
+def toy_fit(logger: WandbLogger, tmp_path: Path, checkpointing: bool = False) -> L.Trainer:
     L.seed_everything(0)
     model = GAN(MLPGenerator(latent_dim=2, hidden_dim=16), MLPDiscriminator(hidden_dim=16))
     trainer = L.Trainer(
@@ -128,7 +131,7 @@ def toy_fit(logger: WandbLogger, tmp_path: Path) -> L.Trainer:
         max_steps=8,
         log_every_n_steps=1,
         limit_val_batches=0,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpointing,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
@@ -168,14 +171,19 @@ data:
 """
 
 
+def cli_fit(config: str, tmp_path: Path) -> None:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(config)
+    # What `genlit fit --config experiment.yaml` runs, with the config callback genlit's CLI uses.
+    GenlitCLI(save_config_callback=SaveConfigToRun, args=["fit", "--config", str(path)])
+    wandb.finish()
+
+
 def test_offline_run_of_a_cli_fit_holds_metrics_grids_config_and_checkpoints(
     tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("WANDB_MODE", "offline")  # whatever the developer's shell says
-    config = tmp_path / "experiment.yaml"
-    config.write_text(CONFIG.format(save_dir=tmp_path))
-    main(["fit", "--config", str(config)])
-    wandb.finish()
+    cli_fit(CONFIG.format(save_dir=tmp_path), tmp_path)
     run = offline_run(tmp_path)
     (log,) = run.glob("run-*.wandb")
     records = read_records(log)
@@ -195,21 +203,87 @@ def test_offline_run_of_a_cli_fit_holds_metrics_grids_config_and_checkpoints(
     # The whole CLI config, not only the model's hyperparameters.
     logged = updates(records, "config")
     assert logged["seed_everything"] == 0
+    assert logged["trainer"]["max_epochs"] == 2
     assert logged["trainer"]["callbacks"][0]["class_path"].endswith("SampleGrid")
     assert logged["data"]["class_path"].endswith("Digits")
     assert logged["model"]["init_args"]["generator"]["init_args"]["latent_dim"] == 8
-    assert (run / "files" / "config.yaml").is_file()
 
-    summary = updates(records, "summary")
-    assert Path(summary["checkpoints/last_path"]).is_file()
-    assert summary["checkpoints/last_path"].endswith(".ckpt")
-
-    # Lightning's run folder is per run: config.yaml and the grids of this run only.
+    # Lightning's folders: <save_dir>/<project>/<run id>, checkpoints in its checkpoints/.
     (run_folder,) = (tmp_path / "genlit-test").iterdir()
     assert run_folder.name == run.name.rsplit("-", 1)[1]  # the W&B run id
-    assert (run_folder / "config.yaml").is_file()
+    assert (run / "files" / "config.yaml").read_text() == (run_folder / "config.yaml").read_text()
+    assert not (tmp_path / "config.yaml").exists()  # trainer.log_dir of a W&B logger: shared
     assert (run_folder / "samples" / "grid_epoch_0001.png").is_file()
+    summary = updates(records, "summary")
+    last = Path(summary["checkpoints/last_path"])
+    assert last.is_file() and last.suffix == ".ckpt"
+    assert last.parent == run_folder / "checkpoints"
+    assert summary["checkpoints/best_path"] == str(last)  # nothing monitored: the newest
+    assert sorted(p.name for p in run_folder.iterdir()) == ["checkpoints", "config.yaml", "samples"]
     assert f"wandb sync {run}" in capsys.readouterr().err
+
+
+TOY_CONFIG = """\
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  max_steps: 2
+  limit_val_batches: 0
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger: {{class_path: {logger}, init_args: {{save_dir: {save_dir}}}}}
+model:
+  class_path: GAN
+  init_args:
+    generator:
+      class_path: genlit.networks.mlp.MLPGenerator
+      init_args: {{hidden_dim: {width}}}
+    discriminator:
+      class_path: genlit.networks.mlp.MLPDiscriminator
+      init_args: {{hidden_dim: 8}}
+data:
+  class_path: GaussianRing
+  init_args: {{batch_size: 16, samples_per_epoch: 64}}
+"""
+
+
+WANDB = "genlit.loggers.WandbLogger"
+
+
+def test_two_cli_runs_in_one_save_dir_keep_their_own_config(tmp_path, monkeypatch):
+    # Lightning's SaveConfigCallback writes to trainer.log_dir, the save_dir of a W&B logger:
+    # the second run would stop on the first one's config.yaml (Lightning issue #17168).
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)  # the project: Lightning's lightning_logs
+    for width in (8, 16):
+        cli_fit(TOY_CONFIG.format(logger=WANDB, save_dir=tmp_path, width=width), tmp_path)
+    configs = sorted((tmp_path / "lightning_logs").glob("*/config.yaml"))
+    assert len(configs) == 2
+    widths = {
+        yaml.safe_load(c.read_text())["model"]["init_args"]["generator"]["init_args"]["hidden_dim"]
+        for c in configs
+    }
+    assert widths == {8, 16}
+    for config in configs:
+        (run,) = (tmp_path / "wandb").glob(f"offline-run-*-{config.parent.name}")
+        assert (run / "files" / "config.yaml").read_text() == config.read_text()
+
+
+def test_a_disabled_run_keeps_its_config_in_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    cli_fit(TOY_CONFIG.format(logger=WANDB, save_dir=tmp_path, width=8), tmp_path)
+    (config,) = (tmp_path / "lightning_logs").glob("*/config.yaml")
+    assert yaml.safe_load(config.read_text())["trainer"]["max_steps"] == 2
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_without_wandb_the_config_goes_to_trainer_log_dir(tmp_path):
+    cli_fit(TOY_CONFIG.format(logger="CSVLogger", save_dir=tmp_path, width=8), tmp_path)
+    config = tmp_path / "lightning_logs" / "version_0" / "config.yaml"  # Lightning's place
+    assert yaml.safe_load(config.read_text())["trainer"]["logger"]["class_path"].endswith(
+        "CSVLogger"
+    )
 
 
 def _no_network(monkeypatch):
@@ -268,21 +342,34 @@ def test_goes_offline_by_itself_without_credentials(no_credentials, monkeypatch,
 def test_online_start_failure_falls_back_to_offline(no_credentials, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # looks valid; the server is unreachable
     calls = _spy_on_init(monkeypatch, fail_online=True)
-    logger = WandbLogger(project="genlit-test", save_dir=tmp_path, init_timeout=3)
+    logger = WandbLogger(
+        project="genlit-test", save_dir=tmp_path, version="abc123", init_timeout=3, log_model=True
+    )
     assert not logger.offline
-    toy_fit(logger, tmp_path)
+    toy_fit(logger, tmp_path, checkpointing=True)
     assert [call.get("mode") for call in calls] == [None, "offline"]
     assert calls[0]["settings"]["init_timeout"] == 3
+    # wandb keeps a failed run's id for itself: the offline run gets another.
+    assert calls[0]["id"] == "abc123" and calls[1]["id"] is None
     assert logger.offline
-    assert "could not start an online run" in capsys.readouterr().err
+    assert "could not start an online run (CommError: no route to host)" in capsys.readouterr().err
     wandb.finish()
-    history = history_rows(read_records(next(offline_run(tmp_path).glob("run-*.wandb"))))
-    assert any("train/d_loss" in row for row in history)
+    records = read_records(next(offline_run(tmp_path).glob("run-*.wandb")))
+    assert any("train/d_loss" in row for row in history_rows(records))
+    # The checkpoint asked for waits in the offline run as an artifact, for `wandb sync`.
+    (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert artifact.type == "model"
+
+
+def _w_and_b_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "W&B could not" in str(w.message)]
 
 
 def test_tracker_errors_become_one_warning_and_training_finishes(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     logger = WandbLogger(project="genlit-test", save_dir=tmp_path)
+    picture = tmp_path / "grid.png"
+    PIL.Image.new("RGB", (4, 4)).save(picture)
 
     def broken(*args, **kwargs):
         raise ConnectionError("tracker down")
@@ -291,23 +378,69 @@ def test_tracker_errors_become_one_warning_and_training_finishes(monkeypatch, tm
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = toy_fit(logger, tmp_path)
-        logger.log_image("samples/grid", images=[str(tmp_path / "missing.png")])
+        logger.log_image("samples/grid", images=[str(picture)])  # log_image ends in log_metrics
     assert trainer.global_step == 8
-    messages = [str(w.message) for w in caught if "W&B could not" in str(w.message)]
-    assert sum("log metrics" in m for m in messages) == 1  # 8 failed steps, one warning
-    assert sum("log images" in m for m in messages) == 1
-    assert all("training goes on" in m for m in messages)
+    (message,) = _w_and_b_warnings(caught)  # 9 failed calls, one warning
+    assert "ConnectionError: tracker down" in message
+    assert "training goes on" in message
 
 
-def test_every_run_gets_its_own_folder(tmp_path):
-    first = WandbLogger(project="p", save_dir=tmp_path)
-    second = WandbLogger(project="p", save_dir=tmp_path)
-    assert first.save_dir != second.save_dir
-    assert Path(first.save_dir) == tmp_path / "p" / first.version
-    resumed = WandbLogger(project="p", save_dir=tmp_path, version="abc123")
-    assert resumed.save_dir == str(tmp_path / "p" / "abc123")
+def test_a_finished_run_is_a_warning_not_a_crash(monkeypatch, tmp_path):
+    # The run ends under the logger (wandb.finish() in a notebook cell, a dead service): wandb
+    # raises on every later call, in the training process.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(project="genlit-test", save_dir=tmp_path)
+    toy_fit(logger, tmp_path, checkpointing=True)
+    wandb.finish()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger.log_metrics({"val/fid": 1.0}, step=8)
+        logger.log_metrics({"val/fid": 2.0}, step=9)
+        logger.finalize("success")  # records the checkpoint paths in the finished run
+    logged, summary = _w_and_b_warnings(caught)  # two failed logs, one warning; one for finalize
+    assert "UsageError" in logged and "is finished. The call to `log`" in logged
+    assert "UsageError" in summary and "is finished" in summary and "`log`" not in summary
+
+
+def test_checkpoints_and_pictures_of_each_run_stay_in_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folders = []
+    for _ in range(2):
+        logger = WandbLogger(project="p", save_dir=tmp_path)
+        trainer = toy_fit(logger, tmp_path, checkpointing=True)
+        folder = tmp_path / "p" / logger.version
+        assert logger.save_dir == str(tmp_path)  # Lightning's: W&B writes <save_dir>/wandb
+        assert Path(logger.log_dir) == folder
+        assert Path(trainer.checkpoint_callback.dirpath) == folder / "checkpoints"
+        assert run_dir(trainer) == folder  # genlit's pictures, config.yaml, interrupt checkpoint
+        (checkpoint,) = (folder / "checkpoints").iterdir()
+        assert checkpoint.suffix == ".ckpt"
+        folders.append(folder)
+        wandb.finish()
+    assert folders[0] != folders[1]
+    assert sorted((tmp_path / "p").iterdir()) == sorted(folders)
+
+
+def test_a_given_version_is_the_run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(project="p", save_dir=tmp_path, version="abc123")
+    assert logger.log_dir == str(tmp_path / "p" / "abc123")  # known before the run starts
+    assert logger.experiment.id == "abc123"
+    assert offline_run(tmp_path).name.endswith("-abc123")
 
 
 def test_offline_with_log_model_is_refused():
-    with pytest.raises(ValueError, match="log_model"):
+    with pytest.raises(ValueError, match=r"^log_model=True needs an online run") as raised:
         WandbLogger(offline=True, log_model=True)
+    assert "\n" not in str(raised.value)
+
+
+def test_log_model_without_credentials_records_paths_only(no_credentials, tmp_path, capsys):
+    logger = WandbLogger(project="p", save_dir=tmp_path, log_model=True)
+    assert logger.offline
+    toy_fit(logger, tmp_path, checkpointing=True)
+    assert "checkpoints are not uploaded (their paths are recorded)" in capsys.readouterr().err
+    wandb.finish()
+    records = read_records(next(offline_run(tmp_path).glob("run-*.wandb")))
+    assert not [r for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert Path(updates(records, "summary")["checkpoints/best_path"]).is_file()

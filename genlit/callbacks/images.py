@@ -9,12 +9,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from genlit import _compat
+
 
 def run_dir(trainer: Trainer) -> Path:
     """The directory of the current run: the logger's version folder, or the trainer's root.
 
     Same answer as ``trainer.log_dir`` without its broadcast, so rank-zero-only code under DDP
-    can call it (a collective on one rank would hang).
+    can call it (a collective on one rank would hang), except for genlit's ``WandbLogger``:
+    ``trainer.log_dir`` is then the ``save_dir`` shared by all runs, this its run's own folder.
     """
     logger = trainer.logger
     if logger is None:
@@ -30,7 +33,7 @@ def send_image(trainer: Trainer, key: str, path: Path) -> None:
     """
     # The x-axis Lightning logs metrics against: batches, not optimizer steps (a GAN makes
     # k + 1 optimizer steps per generator step), so pictures line up with the losses.
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    step = _compat.logged_step(trainer)
     image: np.ndarray | None = None
     for logger in trainer.loggers:
         try:
