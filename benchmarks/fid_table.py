@@ -94,8 +94,8 @@ def checkpoint(dataset: str, model: str, steps: int, args: argparse.Namespace) -
 
 
 def measure(dataset: str, model: str, ckpt: Path, args: argparse.Namespace):
+    from genlit.checkpoints import load_model
     from genlit.evaluate import build_datamodule, evaluate
-    from genlit.sample import load_model
 
     config = yaml.safe_load((REPO / "configs" / dataset / f"{model}.yaml").read_text())
     overrides = [] if dataset == "digits" else [f"--data.init_args.root={args.data_root}"]

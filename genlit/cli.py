@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -21,11 +22,15 @@ import datamodules.images  # noqa: F401 - registers the datamodules for short na
 import datamodules.toy  # noqa: F401
 import genlit.callbacks  # noqa: F401 - registers the callbacks for short names
 from datamodules.images import DatasetNotFoundError
+from genlit import _compat
+from genlit._compat import KeepConfigModelOnResume
 from genlit.callbacks import ResumeOnInterrupt, RunSummary
 from genlit.callbacks.interrupt import checkpoint_dir
+from genlit.checkpoints import check_same_architecture, check_weights_fit, read_checkpoint
 from genlit.config_errors import explain
 from genlit.errors import GenlitError
 from genlit.evaluate import evaluate_main
+from genlit.loggers import SaveConfigToRun
 from genlit.models import GenerativeModel
 from genlit.sample import sample_main
 
@@ -40,7 +45,7 @@ class GenlitArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
-class GenlitCLI(LightningCLI):
+class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
     """LightningCLI for generative models.
 
     Adds ``--generator_steps N``: a training budget in generator steps, translated into
@@ -50,6 +55,7 @@ class GenlitCLI(LightningCLI):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("parser_kwargs", {})
+        kwargs.setdefault("save_config_callback", SaveConfigToRun)
         super().__init__(
             model_class=GenerativeModel,
             datamodule_class=LightningDataModule,
@@ -68,30 +74,23 @@ class GenlitCLI(LightningCLI):
             help="Training budget in generator steps (overrides trainer.max_steps).",
         )
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning would load the checkpoint's hyperparameters over the config's model; genlit
-        # instead checks that the file is readable and was written by the config's model, so a
-        # resume never silently trains another network than the YAML says.
+    def check_resume_checkpoint(self) -> None:
+        """Checks ``--ckpt_path`` before anything is built: readable, and of the config's model.
+
+        LightningCLI would load the checkpoint's hyperparameters over the config's model; genlit
+        keeps the config (see :class:`genlit._compat.KeepConfigModelOnResume`) and checks that
+        the file was written by the networks the YAML names.
+        """
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if ckpt_path is None or ckpt_path in ("last", "best", "hpc", "registry"):
             return
-        checkpoint = read_checkpoint(Path(ckpt_path))
-        saved = checkpoint.get("hyper_parameters") or {}
-        if "_class_path" not in saved:
-            return  # written outside the CLI: the weights are checked after instantiation
+        checkpoint = read_checkpoint(ckpt_path)
         model = self.config[subcommand]["model"]
         config = model.as_dict() if hasattr(model, "as_dict") else dict(model)
-        theirs, ours = _architecture(saved["_class_path"], saved), _architecture(
-            config.get("class_path", ""), config.get("init_args") or {}
-        )
-        if theirs != ours:
-            raise GenlitError(
-                f"checkpoint {ckpt_path} was written by a different model ({_describe(theirs)}) "
-                f"than the config's ({_describe(ours)}): resume with the config it was trained with"
-            )
+        check_same_architecture(ckpt_path, checkpoint, _import_class(config.get("class_path", "")), config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -103,8 +102,24 @@ class GenlitCLI(LightningCLI):
             while root.__cause__ is not None:  # jsonargparse wraps the class's own message
                 root = root.__cause__
             raise GenlitError(str(root).splitlines()[0] if str(root) else repr(root)) from err
+        self._record_network_configs()
+
+    def _record_network_configs(self) -> None:
+        # The model leaves its networks and optimizer factories out of its hyperparameters
+        # (they are not data); under the CLI their config entries (class paths and arguments)
+        # are data, and they let load_from_checkpoint rebuild the model from the file alone.
+        hparams = self.model.hparams
+        if "_class_path" not in hparams:
+            return
+        for key, value in (self.config_dump.get("model", {}).get("init_args") or {}).items():
+            hparams.setdefault(key, value)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        strategy = kwargs.get("strategy", config.get("trainer", {}).get("strategy"))
+        if strategy == "ddp" and getattr(self.model, "ddp_find_unused_parameters", False):
+            # A two-network model leaves one network without gradient in each phase.
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.extend([RunSummary(), ResumeOnInterrupt()])
         return trainer
@@ -115,7 +130,7 @@ class GenlitCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is not None:
             path = find_last_checkpoint(self.trainer) if ckpt_path == "last" else Path(ckpt_path)
-            check_checkpoint(path, self.model)
+            check_weights_fit(path, read_checkpoint(path), self.model)
             self.config_init[self.subcommand]["ckpt_path"] = str(path)
             print(f"genlit: resuming from {path}", flush=True)
         steps = config.get("generator_steps")
@@ -172,7 +187,7 @@ def find_last_checkpoint(trainer: Trainer) -> Path:
         roots.append(Path(logger.root_dir))
     else:  # W&B and others: save_dir/name (the project)
         roots.append(Path(logger.save_dir or trainer.default_root_dir) / (logger.name or ""))
-    # A few levels only (version/checkpoints/last.ckpt, id/project/id/checkpoints/last.ckpt).
+    # A few levels only (version/checkpoints/last.ckpt, project/id/checkpoints/last.ckpt).
     patterns = ["last*.ckpt", *("/".join(["*"] * depth) + "/last*.ckpt" for depth in range(1, 5))]
     found = {p for root in roots if root.is_dir() for pattern in patterns for p in root.glob(pattern)}
     if not found:
@@ -184,71 +199,20 @@ def find_last_checkpoint(trainer: Trainer) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-_NETWORKS = ("generator", "discriminator", "encoder", "decoder")
-
-
-def _architecture(class_path: str, init_args: dict[str, Any]) -> tuple:
-    """The model class and its networks (class and arguments): what the weights depend on."""
-    networks = []
-    for key in _NETWORKS:
-        network = init_args.get(key)
-        if isinstance(network, dict):
-            arguments = network.get("init_args") or {}
-            networks.append((key, network.get("class_path", "").rsplit(".", 1)[-1], sorted(arguments.items())))
-    return (class_path.rsplit(".", 1)[-1], tuple(networks))
-
-
-def _describe(architecture: tuple) -> str:
-    model, networks = architecture
-    return model + "".join(f", {key} {name}" for key, name, _ in networks)
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads a checkpoint for checking, or fails in one line.
-
-    Raises:
-        GenlitError: missing, truncated or not a Lightning checkpoint.
-    """
-    if not path.is_file():
-        raise GenlitError(f"checkpoint {path} does not exist: check the path (or use --ckpt_path last)")
+def _import_class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
-        raise GenlitError(
-            f"cannot read checkpoint {path} ({reason}): the file is truncated or not a "
-            "checkpoint; resume from another one, or delete it to start afresh"
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise GenlitError(
-            f"{path} is not a Lightning checkpoint (no state_dict): give a file written by genlit fit"
-        )
-    return checkpoint
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return GenerativeModel
 
 
-def check_checkpoint(path: Path, model: torch.nn.Module) -> None:
-    """Fails in one line unless ``path`` is a readable Lightning checkpoint of ``model``'s shape.
-
-    Raises:
-        GenlitError: missing, truncated or foreign file (weights of another model or size).
-    """
-    checkpoint = read_checkpoint(path)
-    expected, found = set(model.state_dict()), set(checkpoint["state_dict"])
-    if expected != found:
-        missing = sorted(expected - found)[:3]
-        unexpected = sorted(found - expected)[:3]
-        raise GenlitError(
-            f"checkpoint {path} was written by a different model or network size (missing "
-            f"{missing}, unexpected {unexpected}): resume with the config it was trained with"
-        )
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    for key, value in checkpoint["state_dict"].items():
-        if hasattr(value, "shape") and value.shape != shapes[key]:
-            raise GenlitError(
-                f"checkpoint {path} was written by a different network size ({key}: "
-                f"{tuple(value.shape)} there, {tuple(shapes[key])} here): resume with the config "
-                "it was trained with"
-            )
+def _quiet_known_warnings() -> None:
+    # With manual optimization a checkpoint always holds the weights after the step's updates,
+    # which is what genlit's exact resume relies on; Lightning's warning about it is noise here.
+    warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
+    # genlit's datamodules resume mid-epoch through their sampler (datamodules/_resume.py).
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -258,6 +222,8 @@ def main(args: list[str] | None = None) -> None:
     subcommand (``fit``, ``validate``, ``test``, ``predict``) goes to LightningCLI.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    _quiet_known_warnings()
+    _compat.skip_failing_nvml_probe()
     try:
         if argv[:1] == ["sample"]:
             sample_main(argv[1:])

@@ -261,7 +261,7 @@ def evaluate_main(argv: list[str]) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = None
     if args.ckpt:
-        from genlit.sample import load_model
+        from genlit.checkpoints import load_model
 
         model = load_model(args.ckpt)
     num_samples = args.num_samples or settings.get("num_samples", 10000)

@@ -8,37 +8,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from genlit.checkpoints import load_model
 from genlit.errors import GenlitError
-from genlit.models.base import GenerativeModel
-
-
-def load_model(ckpt: str | Path, map_location: str = "cpu") -> GenerativeModel:
-    """Rebuilds a model from a checkpoint written by ``genlit fit``.
-
-    Raises:
-        GenlitError: the file is missing, truncated, or not a genlit checkpoint.
-    """
-    path = Path(ckpt)
-    if not path.is_file():
-        raise GenlitError(f"checkpoint {path} does not exist: give the path of a .ckpt file")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise GenlitError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}): the file is truncated "
-            "or not a PyTorch checkpoint; use another one (e.g. last.ckpt)"
-        ) from None
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if "_class_path" not in hparams or "state_dict" not in checkpoint:
-        raise GenlitError(
-            f"checkpoint {path} was not written by `genlit fit` (no model config inside): "
-            "load it in Python with YourModel.load_from_checkpoint(path, generator=..., ...)"
-        )
-    try:
-        model = GenerativeModel.load_from_checkpoint(path, map_location=map_location)
-    except Exception as err:  # noqa: BLE001
-        raise GenlitError(f"checkpoint {path} does not match its model config: {err}") from None
-    return model.eval()
 
 
 def save_samples(samples: torch.Tensor, out: Path, nrow: int | None = None) -> None:

@@ -78,7 +78,8 @@ def test_divergence_through_the_cli_is_one_line(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_end(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_an_interrupt_leaves_a_checkpoint_that_resumes_to_the_end(tmp_path, stop):
     command = [sys.executable, "-m", "genlit", "fit", "--config", "configs/toy/ring_nsgan.yaml",
                f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
                "--trainer.check_val_every_n_epoch=1000"]
@@ -88,7 +89,7 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_end(tmp_path):
     while not started.exists() and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.2)
     time.sleep(2)  # mid-epoch, a few hundred steps in
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(stop)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 143, err[-2000:]
     match = re.search(r"interrupted at global step (\d+); saved (\S+);", err)

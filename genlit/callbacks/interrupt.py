@@ -39,14 +39,14 @@ class ResumeOnInterrupt(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        connector = trainer._signal_connector
 
         def first_ctrl_c(signum: int, frame: Any) -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts
             sys.stderr.write(
                 "\ngenlit: stopping after this step and saving a checkpoint (Ctrl-C again aborts)\n"
             )
-            connector.received_sigterm = True
+            # Handled as the SIGTERM it now is: Lightning's handler stops after the batch.
+            signal.raise_signal(signal.SIGTERM)
 
         self._previous = signal.signal(signal.SIGINT, first_ctrl_c)
 

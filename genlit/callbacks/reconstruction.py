@@ -56,7 +56,7 @@ class ReconstructionGrid(EpochPictures):
                 return None
             images, count = [], 0
             for batch in loader:
-                x = pl_module.unpack(pl_module._apply_batch_transfer_handler(batch))
+                x = pl_module.unpack(pl_module.prepare_batch(batch))
                 images.append(x[: self.num_images - count])
                 count += len(images[-1])
                 if count >= self.num_images:

@@ -24,26 +24,35 @@ from genlit.losses import (
     mmd_penalty,
     squared_error_reconstruction_loss,
 )
-from genlit.models.base import GenerativeModel, build_optimizer
+from genlit.models.base import GenerativeModel
+from genlit.models.optimizers import build_optimizer
 
 Reconstruction = Literal["mse", "bce"]
-# Networks are in the state dict and optimizer factories are not data (see base._NOT_HPARAMS).
-_NOT_HPARAMS = ["encoder", "decoder", "discriminator", "optimizer", "discriminator_optimizer"]
 _LIKELIHOODS = ("mse", "bce", "bernoulli", "gaussian")
 
 
-class _Autoencoder(GenerativeModel):
+class AutoencoderModel(GenerativeModel):
     """Encoder, decoder, the decoder's output link, ``reconstruct``, ``sample`` and validation.
 
-    The decoder returns raw values; the likelihood fixes the link to images in [-1, 1]:
-    ``bce``/``bernoulli`` read them as logits of ``(x + 1) / 2`` (images ``2 sigmoid - 1``),
-    ``mse``/``gaussian`` as pre-tanh means. Validation logs ``val/recon`` (nats or squared error
-    per image) and ``val/mmd``, the IMQ MMD between encoded validation codes and prior draws:
-    the same gauge of "does q(z) match p(z)" for every model of the family.
+    The decoder returns raw values; the likelihood (set by each model from its own argument)
+    fixes the link to images in [-1, 1]: ``bce``/``bernoulli`` read them as logits of
+    ``(x + 1) / 2`` (images ``2 sigmoid - 1``), ``mse``/``gaussian`` as pre-tanh means.
+    Validation logs ``val/recon`` (nats or squared error per image) and ``val/mmd``, the IMQ MMD
+    between encoded validation codes and prior draws: the same gauge of "does q(z) match p(z)"
+    for every model of the family.
+
+    Args:
+        encoder: Encoder exposing ``latent_dim``: deterministic, or Gaussian (``gaussian=True``,
+            returning ``(mean, log_variance)``) as each model requires.
+        decoder: Decoder exposing the same ``latent_dim``, returning raw outputs.
+        optimizer: Optimizer factory for the encoder's and decoder's parameters (``None``:
+            Adam with torch's default settings).
     """
 
+    networks = ("encoder", "decoder")
+
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, likelihood: str, decoder_std: float = 1.0
+        self, encoder: nn.Module, decoder: nn.Module, optimizer: OptimizerCallable | None = None
     ) -> None:
         super().__init__()
         for name, net in (("encoder", encoder), ("decoder", decoder)):
@@ -54,15 +63,23 @@ class _Autoencoder(GenerativeModel):
                 f"encoder latent_dim={encoder.latent_dim} differs from decoder "
                 f"latent_dim={decoder.latent_dim}: give both the same latent_dim"
             )
+        self.encoder, self.decoder = encoder, decoder
+        self.optimizer = optimizer or torch.optim.Adam
+        self.likelihood = "mse"
+        """The reconstruction term: one of ``mse``, ``bce``, ``bernoulli``, ``gaussian``."""
+        self.decoder_std = 1.0
+        """Standard deviation of a ``gaussian`` decoder."""
+        self._val_rng: torch.Generator | None = None
+
+    def set_likelihood(self, likelihood: str, decoder_std: float = 1.0) -> None:
+        """Chooses the reconstruction term and the decoder's link (see the class docstring)."""
         if likelihood not in _LIKELIHOODS:
             raise ValueError(
                 f"unknown reconstruction loss {likelihood!r}: choose one of {_LIKELIHOODS}"
             )
         if decoder_std <= 0:
             raise ValueError(f"decoder_std must be > 0, got {decoder_std}")
-        self.encoder, self.decoder = encoder, decoder
         self.likelihood, self.decoder_std = likelihood, decoder_std
-        self._val_rng: torch.Generator | None = None
 
     @property
     def latent_dim(self) -> int:  # type: ignore[override]
@@ -81,7 +98,7 @@ class _Autoencoder(GenerativeModel):
         return out if self.gaussian_encoder else (out, None)
 
     @staticmethod
-    def draw(
+    def reparameterize(
         mean: Tensor, log_var: Tensor | None, generator: torch.Generator | None = None
     ) -> Tensor:
         """The reparameterisation trick ``z = mean + sigma * eps`` (Kingma & Welling, 2014)."""
@@ -137,6 +154,9 @@ class _Autoencoder(GenerativeModel):
     def autoencoder_parameters(self) -> list[nn.Parameter]:
         return [*self.encoder.parameters(), *self.decoder.parameters()]
 
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.optimizer, self.autoencoder_parameters(), "optimizer")
+
     # --- validation ----------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
@@ -147,7 +167,7 @@ class _Autoencoder(GenerativeModel):
     def validate_batch(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         """Logs ``val/recon`` and ``val/mmd``; returns ``(mean, log_var, recon)``, recon (B,)."""
         mean, log_var = self.encode(x)
-        z = self.draw(mean, log_var, self._val_rng)
+        z = self.reparameterize(mean, log_var, self._val_rng)
         recon = self.reconstruction_loss(self.decoder(z), x)  # (B,)
         batch = x.shape[0]
         self.log("val/recon", recon.mean(), batch_size=batch, on_epoch=True, prog_bar=True)
@@ -161,7 +181,7 @@ class _Autoencoder(GenerativeModel):
 
     def log_train(self, metrics: dict[str, Tensor]) -> None:
         """Logs ``train/<key>`` on Lightning's logging steps only; ``loss`` goes to the bar."""
-        if not self._should_log():
+        if not self.logs_this_step():
             return
         metrics = {f"train/{key}": v.detach() for key, v in metrics.items()}
         self.log(
@@ -170,7 +190,7 @@ class _Autoencoder(GenerativeModel):
         self.log_dict(metrics, on_step=True, on_epoch=False)
 
 
-class AE(_Autoencoder):
+class AE(AutoencoderModel):
     """A deterministic autoencoder; generates from a Gaussian fitted to its codes (ex-post).
 
     Training minimises the reconstruction loss only. ``sample`` decodes draws from
@@ -181,48 +201,44 @@ class AE(_Autoencoder):
     buffers, so they travel in checkpoints.
 
     Args:
-        encoder: Deterministic encoder (``gaussian=False``) exposing ``latent_dim``.
-        decoder: Decoder exposing the same ``latent_dim``, returning raw outputs.
-        optimizer: Optimizer factory for the encoder's and decoder's parameters.
+        *args: ``encoder, decoder, optimizer`` in this order (see :class:`AutoencoderModel`);
+            the encoder must be deterministic (``gaussian=False``).
         reconstruction: ``mse`` (squared error of tanh outputs) or ``bce`` (Bernoulli
             cross-entropy of logits against ``(x + 1) / 2``), summed over pixels.
         ex_post: Sample from the fitted Gaussian; ``False`` decodes prior draws N(0, I),
             which a plain autoencoder was never trained to read.
         refit_on_train_end: Refit the Gaussian over the training batches after the last epoch.
+        **kwargs: The other arguments of :class:`AutoencoderModel`.
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
+        *args: Any,
         reconstruction: Reconstruction = "mse",
         ex_post: bool = True,
         refit_on_train_end: bool = True,
+        **kwargs: Any,
     ) -> None:
         if reconstruction not in ("mse", "bce"):
             raise ValueError(f"unknown reconstruction {reconstruction!r}: choose 'mse' or 'bce'")
-        if getattr(encoder, "gaussian", False):
+        super().__init__(*args, **kwargs)
+        if self.gaussian_encoder:
             raise ValueError("AE needs a deterministic encoder: build it with gaussian: false")
-        super().__init__(encoder, decoder, reconstruction)
-        self.save_config(ignore=_NOT_HPARAMS)
-        self.optimizer = optimizer
+        self.set_likelihood(reconstruction)
         self.ex_post = ex_post
         self.refit_on_train_end = refit_on_train_end
         d = self.latent_dim
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_cov", torch.eye(d))
         self.register_buffer("latent_count", torch.zeros((), dtype=torch.long))  # 0: not fitted
-        self._reset_moments()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer, self.autoencoder_parameters(), "optimizer")
+        self._moments: tuple[Tensor, Tensor, int] | None = None  # sum z, sum z z^T, count
+        self._pending = False  # codes accumulated since the buffers were last updated
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.unpack(batch)
         z = self.encoder(x)  # (B, latent_dim)
         loss = self.reconstruction_loss(self.decoder(z), x).mean()
-        self.guard({"loss": loss})
+        self.check_loss("loss", loss)
         self._accumulate(z.detach())
         self.log_train({"loss": loss, "recon": loss})
         return loss
@@ -230,7 +246,7 @@ class AE(_Autoencoder):
     # --- the ex-post Gaussian ------------------------------------------------------------
 
     def _reset_moments(self) -> None:
-        self._moments: tuple[Tensor, Tensor, int] | None = None  # sum z, sum z z^T, count
+        self._moments = None
         self._pending = False
 
     def _accumulate(self, z: Tensor) -> None:
@@ -261,7 +277,7 @@ class AE(_Autoencoder):
             self._commit()
 
     def on_train_end(self) -> None:
-        trainer = self._trainer
+        trainer = self.attached_trainer
         if self.refit_on_train_end and trainer is not None and trainer.train_dataloader is not None:
             limit = trainer.num_training_batches
             self.fit_latent_gaussian(
@@ -280,7 +296,7 @@ class AE(_Autoencoder):
         self._reset_moments()
         with self._evaluating():
             for batch in itertools.islice(batches, max_batches):
-                x = self.unpack(self._apply_batch_transfer_handler(batch))
+                x = self.unpack(self.prepare_batch(batch))
                 self._accumulate(self.encoder(x))
         self._commit()
 

@@ -1,87 +1,83 @@
 """The base classes every genlit model derives from.
 
 ``GenerativeModel`` is the interface the callbacks use (``sample``, ``latent_dim``), so a user's
-own model gets sample grids, scatter plots and metrics for free. ``AdversarialModel`` holds the
-alternating discriminator / generator loop shared by every GAN and WGAN: the subclasses only
-say what one discriminator step and one generator step compute.
+own model gets sample grids, scatter plots and metrics for free; it also declares the model's
+networks once (``networks``) and runs one update of some of them (:meth:`GenerativeModel.run_phase`).
+``AdversarialModel`` holds the alternating discriminator / generator loop shared by every GAN
+and WGAN: the subclasses only say what one discriminator step and one generator step compute.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import os
-import random
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.core.mixins import HyperparametersMixin
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from genlit.errors import GenlitError, TrainingDiverged
-
-
-def _skip_failing_nvml_probe() -> None:
-    # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 at import (to keep fork-safe). On a machine
-    # with a CUDA build of torch but no NVIDIA driver, every Adam step then tries to load NVML
-    # again and fails (about 0.5 ms each, more than a tiny network's whole step). Without a
-    # driver there is nothing to keep fork-safe, so let torch use its cached runtime check.
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1" or not torch.cuda._is_compiled():
-        return
-    try:
-        no_driver = torch.cuda._device_count_nvml() < 0
-    except Exception:  # noqa: BLE001 - a private probe: keep Lightning's setting if it changes
-        return
-    if no_driver:
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-
-
-_skip_failing_nvml_probe()
-
-# With manual optimization a checkpoint always holds the weights after the step's updates,
-# which is what genlit's exact resume relies on; Lightning's warning about it is noise here.
-warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
-# genlit's datamodules resume mid-epoch through their sampler (datamodules/_resume.py).
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+from genlit import _compat
+from genlit.models import random_state
+from genlit.models.compatibility import check_compatible
+from genlit.models.divergence import DivergenceGuard
+from genlit.models.optimizers import build_optimizer
+from genlit.models.phases import frozen, grad_norm
 
 
 class GenerativeModel(LightningModule):
     """A LightningModule that can draw new samples.
 
-    Subclasses implement :meth:`sample` and set ``latent_dim``. Models with an encoder also
-    implement ``reconstruct(x)``.
+    Subclasses implement :meth:`sample`, set ``latent_dim`` and name their networks in
+    ``networks``. Models with an encoder also implement ``reconstruct(x)``.
+
+    The ``__init__`` arguments are saved as hyperparameters by this base class, except the
+    networks and optimizer factories (the weights are in the state dict; under ``genlit`` the
+    CLI records both by import path, so ``GenerativeModel.load_from_checkpoint(path)`` rebuilds
+    the model from the checkpoint alone).
+    """
+
+    networks: ClassVar[tuple[str, ...]] = ()
+    """Attribute (and ``__init__`` argument) names of the model's trained networks.
+
+    The one list every mechanism reads: the checkpoint's architecture check, which networks a
+    phase freezes, which arguments are left out of the hyperparameters. An optional network
+    may be ``None``.
     """
 
     latent_dim: int
-    ddp_find_unused_parameters: bool = False
-    """Whether a training step leaves some parameters without gradient (one network per phase).
 
-    Under DDP, genlit then turns on ``find_unused_parameters`` by itself (unless the user set
-    it), so ``--trainer.strategy=ddp`` works for two-network models with no extra flag.
-    """
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # (*args, **kwargs) as LightningModule's: load_from_checkpoint on this base class then
+        # hands the checkpoint's class path on instead of filtering it out.
+        super().__init__(*args, **kwargs)
+        self._save_init_arguments(inspect.currentframe())
+        self.divergence = DivergenceGuard()
+        self.ddp_find_unused_parameters = False
+        """Whether a training step leaves some parameters without gradient (one network per phase).
 
-    def save_config(self, ignore: list[str]) -> None:
-        """Saves the ``__init__`` arguments as hyperparameters, networks included under the CLI.
-
-        Launched by ``genlit``, the hyperparameters are the full config (networks and optimizers
-        as ``class_path`` entries), so ``GenerativeModel.load_from_checkpoint(path)`` rebuilds
-        the model from the checkpoint alone. Built in Python, modules in ``ignore`` are left out
-        (their weights are in the state dict already).
+        Under DDP genlit then turns on ``find_unused_parameters`` by itself (unless the user set
+        it), so ``--trainer.strategy=ddp`` works for two-network models with no extra flag.
         """
-        frame = inspect.currentframe().f_back  # the subclass's __init__
-        if _given_hyperparameters.get() is not None:
-            self.save_hyperparameters(frame=frame)
-        else:
-            self.save_hyperparameters(ignore=ignore, frame=frame)
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def _save_init_arguments(self, frame: Any) -> None:
+        # The arguments of every __init__ up the subclass chain; networks and factories are not
+        # data (modules are in the state dict, callables would be pickled).
+        arguments: dict[str, Any] = {}
+        for found in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+            arguments.update(found)
+        not_data = [k for k, v in arguments.items() if isinstance(v, nn.Module) or callable(v)]
+        self.save_hyperparameters(ignore=[*self.networks, *not_data], frame=frame)
+
+    # --- the interface -------------------------------------------------------------------
 
     def sample(self, n: int) -> Tensor:
         """Draws ``n`` new samples in data space, on the model's device, without gradients."""
@@ -100,265 +96,194 @@ class GenerativeModel(LightningModule):
             return batch["x"]
         return batch[0]
 
+    def prepare_batch(self, batch: Any) -> Any:
+        """A batch straight from a dataloader, moved and decoded as ``training_step`` receives it.
+
+        Runs the transfer hooks Lightning runs before each step (``on_before_batch_transfer``,
+        ``transfer_batch_to_device``, ``on_after_batch_transfer``), the datamodule's where it
+        overrides them: genlit's in-memory datamodules turn index batches into images there.
+        """
+        trainer = self.attached_trainer
+        datamodule = trainer.datamodule if trainer is not None else None
+
+        def owner(hook: str) -> Any:
+            if datamodule is not None and is_overridden(hook, datamodule, LightningDataModule):
+                return datamodule
+            return self
+
+        batch = owner("on_before_batch_transfer").on_before_batch_transfer(batch, 0)
+        batch = owner("transfer_batch_to_device").transfer_batch_to_device(batch, self.device, 0)
+        return owner("on_after_batch_transfer").on_after_batch_transfer(batch, 0)
+
+    def declared_networks(self) -> Iterator[tuple[str, nn.Module]]:
+        """``(name, network)`` for each entry of ``networks`` that is set (optional ones may be None)."""
+        for name in self.networks:
+            network = getattr(self, name, None)
+            if network is not None:
+                yield name, network
+
     @property
     def optimizer_steps_per_generator_step(self) -> int:
         """How many optimizer steps (what ``trainer.global_step`` counts) one generator step makes."""
         return 1
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None:
-            check_compatible(self, datamodule)
-        if self._trainer is not None:
-            self._configure_ddp(self._trainer.strategy)
+    @property
+    def attached_trainer(self) -> Trainer | None:
+        """The trainer running this model, or ``None`` outside one."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
-    def _configure_ddp(self, strategy: Any) -> None:
+    def logs_this_step(self) -> bool:
+        """Whether this training step's metrics are written (every ``log_every_n_steps``).
+
+        Logging every step costs more than a tiny network's whole step: models build their
+        metric dict only on the steps Lightning actually writes.
+        """
+        trainer = self.attached_trainer
+        return trainer is not None and _compat.logs_this_step(trainer)
+
+    # --- one update of some networks -----------------------------------------------------
+
+    def run_phase(
+        self,
+        name: str,
+        optimizer: Any,
+        trained: nn.Module | Sequence[nn.Module],
+        compute: Callable[[], dict[str, Tensor]],
+        grad_norm_key: str | None = None,
+    ) -> dict[str, Tensor]:
+        """One update of ``trained``: every other declared network frozen, the loss checked.
+
+        Args:
+            name: The loss's log name (``d_loss``, ``g_loss``, ``loss``), used in the
+                divergence message.
+            optimizer: The optimizer of ``trained``.
+            trained: The network(s) this phase updates.
+            compute: Returns the phase's outputs, at least ``{"loss": ...}``.
+            grad_norm_key: Where to put the gradient norm of ``trained`` in the outputs, on
+                logging steps; ``None`` measures nothing.
+
+        Returns:
+            What ``compute`` returned, plus the gradient norm when measured.
+        """
+        trained = [trained] if isinstance(trained, nn.Module) else list(trained)
+        others = [n for _, n in self.declared_networks() if all(n is not t for t in trained)]
+        with frozen(*others):
+            out = compute()
+            self.check_loss(name, out["loss"])
+            measure = grad_norm_key is not None and self.logs_this_step()
+            norm = self.step_optimizer(optimizer, out["loss"], trained, measure)
+        if norm is not None:
+            out[grad_norm_key] = norm
+        return out
+
+    def step_optimizer(
+        self, optimizer: Any, loss: Tensor, network: nn.Module | Sequence[nn.Module], measure: bool = False
+    ) -> Tensor | None:
+        """Backward and step; returns the gradient norm of ``network`` when ``measure`` is set."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        norm = None
+        if measure:
+            networks = [network] if isinstance(network, nn.Module) else network
+            norm = grad_norm(p for n in networks for p in n.parameters())
+            # Under 16-mixed the gradients are still multiplied by the loss scale here.
+            trainer = self.attached_trainer
+            scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+            if scaler is not None and scaler.is_enabled():
+                norm = norm / scaler.get_scale()
+        optimizer.step()
+        return norm
+
+    def check_loss(self, name: str, value: Tensor | None) -> None:
+        """Stops training with one line when a loss is NaN or infinite (see :class:`DivergenceGuard`).
+
+        Raises:
+            TrainingDiverged: naming the loss, the step and the likely causes.
+        """
+        trainer = self.attached_trainer
+        step = trainer.global_step if trainer is not None else 0
+        self.divergence.check(name, value, step, trainer)
+        if self.divergence.pending and self.logs_this_step():
+            self.divergence.flush(trainer)
+
+    # --- Lightning hooks -------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        trainer = self.attached_trainer
+        if trainer is None:
+            return
+        if trainer.datamodule is not None:
+            check_compatible(self, trainer.datamodule)
         # Lightning wraps the module in DistributedDataParallel after this hook. A GAN's
         # discriminator phase never touches the generator (and the generator phase leaves the
         # discriminator frozen), so DDP must look for parameters without gradient each backward.
-        if self.ddp_find_unused_parameters and isinstance(strategy, DDPStrategy):
-            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
-
-    # --- random state: exact resume ------------------------------------------------------
+        if self.ddp_find_unused_parameters and isinstance(trainer.strategy, DDPStrategy):
+            _compat.find_unused_parameters(trainer.strategy)
 
     def on_fit_start(self) -> None:
-        trainer = self._trainer
+        trainer = self.attached_trainer
         if trainer is not None and trainer.world_size > 1:
             # Every rank was seeded alike, so the weights start equal; the noise must not be,
-            # or all ranks would train on the same fakes. Offset each rank's stream, reproducibly.
-            torch.manual_seed((torch.initial_seed() + 104_729 * trainer.global_rank) % 2**63)
+            # or all ranks would train on the same fakes.
+            random_state.offset_for_rank(trainer.global_rank)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.check_finite()  # never write weights that followed a non-finite loss
-        state = _rng_state()
-        trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
-            # Lightning calls this hook on every rank and writes rank 0's dict: gather them all.
-            states: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(states, state)
-            state = {"per_rank": states}
-        checkpoint["genlit_rng"] = state
+        trainer = self.attached_trainer
+        self.divergence.flush(trainer)  # never write weights that followed a non-finite loss
+        checkpoint["genlit_rng"] = random_state.capture_all_ranks(trainer.world_size if trainer else 1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Restored just before the next training batch, not now: between loading and the first
         # step Lightning builds data iterators and may validate, and those must not shift the
         # stream the interrupted run would have continued with.
-        state = checkpoint.get("genlit_rng")
-        if state is not None and "per_rank" in state:
-            rank = self._trainer.global_rank if self._trainer is not None else 0
-            states = state["per_rank"]
-            state = states[rank] if rank < len(states) else None  # other world size: fresh
-        self._rng_to_restore = state
+        trainer = self.attached_trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        self._rng_to_restore = random_state.for_rank(checkpoint.get("genlit_rng"), rank)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        state = self.__dict__.get("_rng_to_restore")
-        if state is not None:
-            _set_rng_state(state)
+        if self._rng_to_restore is not None:
+            random_state.restore(self._rng_to_restore)
             self._rng_to_restore = None
-
-    # --- divergence guard ----------------------------------------------------------------
-
-    def guard(self, losses: dict[str, Tensor | None]) -> None:
-        """Stops training with one line when a loss is NaN or infinite.
-
-        On a CPU every step is checked (it costs nothing); on an accelerator the checks are
-        queued and read on logging steps and before every checkpoint, so they never stall the
-        device, and no checkpoint is ever written after a non-finite loss.
-
-        Raises:
-            TrainingDiverged: naming the loss, the step and the likely causes.
-        """
-        step = self._trainer.global_step if self._trainer is not None else 0
-        for name, value in losses.items():
-            if value is None:
-                continue
-            value = value.detach()
-            if value.device.type == "cpu":  # reading a CPU scalar costs about a microsecond
-                finite = math.isfinite(value.item()) if value.numel() == 1 else bool(value.isfinite().all())
-                if not finite:
-                    raise TrainingDiverged(self._divergence_message(name, step))
-            else:
-                self.__dict__.setdefault("_finite_checks", []).append(
-                    (name, step, torch.isfinite(value).all())
-                )
-        if self.__dict__.get("_finite_checks") and self._should_log():
-            self.check_finite()
-
-    def check_finite(self) -> None:
-        """Reads the queued loss checks; raises :class:`TrainingDiverged` on the first bad one."""
-        pending = self.__dict__.get("_finite_checks") or []
-        self._finite_checks = []
-        if not pending:
-            return
-        flags = torch.stack([ok for _, _, ok in pending]).cpu()
-        if bool(flags.all()):
-            return
-        name, step, _ = pending[int((~flags).nonzero()[0])]
-        raise TrainingDiverged(self._divergence_message(name, step))
-
-    def _divergence_message(self, name: str, step: int) -> str:
-        trainer = self._trainer
-        precision = getattr(trainer, "precision", "32-true") if trainer is not None else "32-true"
-        causes = "a learning rate too high for this model (lower the optimizers' lr)"
-        if precision in ("16-mixed", "16-true", "bf16-mixed", "bf16-true"):
-            causes += f" or {precision} precision (try --trainer.precision=32-true)"
-        last = ""
-        callback = getattr(trainer, "checkpoint_callback", None) if trainer is not None else None
-        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-        if path:
-            last = f"; last good checkpoint: {path}"
-        return f"training diverged: train/{name} is not finite at step {step}; likely cause: {causes}{last}"
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         # Sample-based metrics live in callbacks (they need only ``sample``); the loop must still
         # run for their ``on_validation_epoch_end`` hooks to fire.
         return None
 
-    def _should_log(self) -> bool:
-        # Logging every step costs more than a tiny network's whole step: only build the
-        # metric dict on the steps Lightning actually writes (every ``log_every_n_steps``).
-        trainer = self._trainer
-        if trainer is None:
-            return False
-        return trainer._logger_connector.should_update_logs
-
-
-@contextmanager
-def frozen(network: nn.Module) -> Iterator[None]:
-    """No gradient flows into ``network``'s weights inside the block (the other network's phase).
-
-    What ``LightningModule.toggled_optimizer`` does for two optimizers, at a fraction of its
-    per-step cost; weights a user froze stay frozen.
-    """
-    trainable = [p for p in network.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-
-
-_SHAPE_KEYS = ("channels", "image_size", "data_dim")
-
-
-def check_compatible(model: nn.Module, datamodule: Any) -> None:
-    """Fails before training when a network was built for other data than the datamodule gives.
-
-    Compares ``channels``, ``image_size`` and ``data_dim`` wherever both the datamodule and a
-    child network of the model expose them.
-
-    Raises:
-        GenlitError: one line naming the network, both values and the config keys to align.
-    """
-    image_size = getattr(datamodule, "image_size", None)
-    if image_size is not None and getattr(datamodule, "data_dim", None) is None:
-        for name, network in model.named_children():
-            points = getattr(network, "data_dim", None)
-            if points is not None and getattr(network, "image_size", None) is None:
-                channels = getattr(datamodule, "channels", "?")
-                raise GenlitError(
-                    f"the {name} ({type(network).__name__}) takes {points}-D points but "
-                    f"{type(datamodule).__name__} gives {channels}x{image_size}x{image_size} "
-                    "images: use an image network (e.g. genlit.networks.dcgan) or a 2-D datamodule"
-                )
-    for key in _SHAPE_KEYS:
-        wanted = getattr(datamodule, key, None)
-        if wanted is None:
-            continue
-        for name, network in model.named_children():
-            have = getattr(network, key, None)
-            if have is not None and have != wanted:
-                raise GenlitError(
-                    f"{type(datamodule).__name__} gives {key}={wanted} but the {name} "
-                    f"({type(network).__name__}) was built for {key}={have}: set "
-                    f"model.init_args.{name}.init_args.{key}: {wanted} (or data.init_args.{key}: {have})"
-                )
-
-
-# Networks are saved in the state dict and optimizer factories are not data; the CLI records
-# both in the run's config (and in the checkpoint's hyperparameters) by import path.
-_NOT_HPARAMS = ["generator", "discriminator", "generator_optimizer", "discriminator_optimizer"]
-
-
-def _grad_norm(parameters: list[nn.Parameter]) -> Tensor:
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def build_optimizer(factory: OptimizerCallable, parameters: Any, key: str) -> torch.optim.Optimizer:
-    """Calls an optimizer factory from the config; a bad setting becomes one clear line.
-
-    Args:
-        factory: The ``OptimizerCallable`` the config gave.
-        parameters: The parameters it optimizes.
-        key: The model argument holding it (``generator_optimizer``...), named in the message.
-
-    Raises:
-        GenlitError: torch refused a setting, or a learning rate is not positive.
-    """
-    fix = f"set model.init_args.{key}.init_args"
-    try:
-        optimizer = factory(parameters)
-    except (ValueError, TypeError) as err:
-        raise GenlitError(f"{key}: {err}: {fix} to a valid value") from err
-    for group in optimizer.param_groups:
-        lr = group.get("lr")
-        if lr is not None and float(lr) <= 0:
-            raise GenlitError(f"{key}: learning rate must be > 0, got {float(lr)}: {fix}.lr > 0")
-    return optimizer
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every random stream a training step may draw from: torch (CPU and accelerators), NumPy, Python."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        # Tensors and plain tuples only: checkpoints must load with weights_only=True.
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
 
 class AdversarialModel(GenerativeModel):
     """A generator trained against a discriminator (or critic) with alternating updates.
 
-    One training batch is one discriminator update; every ``k``-th batch also updates the
-    generator (Goodfellow et al.'s Algorithm 1 with ``k`` discriminator steps per generator
-    step). Optimization is manual, so ``trainer.global_step`` counts optimizer steps: ``k + 1``
-    per generator step. Use ``--generator_steps`` on the command line to state a budget in
-    generator steps.
+    One training batch is one discriminator update; every ``discriminator_steps``-th batch also
+    updates the generator (Goodfellow et al.'s Algorithm 1 with ``k`` discriminator steps per
+    generator step; ``n_critic`` in the WGAN papers). Optimization is manual, so
+    ``trainer.global_step`` counts optimizer steps: ``discriminator_steps + 1`` per generator
+    step. Use ``--generator_steps`` on the command line to state a budget in generator steps.
 
     Args:
         generator: Network mapping ``(B, latent_dim)`` noise to samples; must expose ``latent_dim``.
-        discriminator: Network mapping samples to one raw score each, shape ``(B,)``.
-        generator_optimizer: Optimizer factory for the generator's parameters.
-        discriminator_optimizer: Optimizer factory for the discriminator's parameters.
-        k: Discriminator steps per generator step (n_critic for critics).
+        discriminator: Network mapping samples to one raw score each, shape ``(B,)`` (the
+            critic of a WGAN).
+        generator_optimizer: Optimizer factory for the generator's parameters; ``None`` takes
+            the model's ``default_optimizer`` with torch's default settings (Adam; RMSprop for WGAN).
+        discriminator_optimizer: Optimizer factory for the discriminator's parameters; ``None``
+            as for the generator.
         ema_decay: When set (e.g. 0.999), keep an exponential moving average of the
             generator's weights, updated after every generator step; ``sample`` then uses it.
         compile_generator: Compile the generator with ``torch.compile`` (faster steps after a
             one-off compilation; see ``benchmarks/speed.py``).
-        compile_discriminator: Compile the discriminator (ignored, with a warning, when a
-            gradient penalty needs its double backward, which the compiler does not support).
+        compile_discriminator: Compile the discriminator (ignored, with a warning, by models
+            whose discriminator step needs a double backward, which the compiler does not
+            support: the gradient penalty of WGAN-GP).
         channels_last: Keep image networks and batches in channels-last memory layout.
     """
 
+    networks = ("generator", "discriminator")
+    default_optimizer: ClassVar[OptimizerCallable] = torch.optim.Adam
+    """The optimizer of both networks when the config gives none."""
     double_backward = False
     """Whether the discriminator step differentiates through gradients (a gradient penalty)."""
 
@@ -366,9 +291,8 @@ class AdversarialModel(GenerativeModel):
         self,
         generator: nn.Module,
         discriminator: nn.Module,
-        generator_optimizer: OptimizerCallable = torch.optim.Adam,
-        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
-        k: int = 1,
+        generator_optimizer: OptimizerCallable | None = None,
+        discriminator_optimizer: OptimizerCallable | None = None,
         ema_decay: float | None = None,
         compile_generator: bool = False,
         compile_discriminator: bool = False,
@@ -377,8 +301,6 @@ class AdversarialModel(GenerativeModel):
         super().__init__()
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {ema_decay}")
-        if k < 1:
-            raise ValueError(f"k (discriminator steps per generator step) must be >= 1, got {k}")
         if not hasattr(generator, "latent_dim"):
             raise ValueError(
                 f"{type(generator).__name__} has no 'latent_dim' attribute: genlit generators "
@@ -388,13 +310,14 @@ class AdversarialModel(GenerativeModel):
         self.ddp_find_unused_parameters = True
         self.generator = generator
         self.discriminator = discriminator
-        self.generator_optimizer = generator_optimizer
-        self.discriminator_optimizer = discriminator_optimizer
-        self.k = k
+        self.generator_optimizer = generator_optimizer or self.default_optimizer
+        self.discriminator_optimizer = discriminator_optimizer or self.default_optimizer
         self.ema_decay = ema_decay
         self.compile_generator = compile_generator
         self.compile_discriminator = compile_discriminator
         self.channels_last = channels_last
+        self.discriminator_steps = 1
+        """Discriminator updates per generator update; each family sets it from its own argument."""
         self.generator_ema: AveragedModel | None = None
         if ema_decay is not None:
             # torch's averaging utility: a copy of G whose weights (and batch-norm buffers)
@@ -403,7 +326,7 @@ class AdversarialModel(GenerativeModel):
                 generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
             )
             self.generator_ema.requires_grad_(False)
-        # Position in the k-cycle; kept in checkpoints so a resumed run continues the cycle.
+        # Position in the update cycle; kept in checkpoints so a resumed run continues it.
         self.discriminator_updates = 0
         self.generator_updates = 0
 
@@ -415,7 +338,7 @@ class AdversarialModel(GenerativeModel):
 
     @property
     def optimizer_steps_per_generator_step(self) -> int:
-        return self.k + 1
+        return self.discriminator_steps + 1
 
     @property
     def sampling_generator(self) -> nn.Module:
@@ -463,45 +386,26 @@ class AdversarialModel(GenerativeModel):
         real = self.unpack(batch)
         if self.channels_last and real.dim() == 4:
             real = real.contiguous(memory_format=torch.channels_last)
-        opt_g, opt_d = self.optimizers()
-        log = self._should_log()
-        with frozen(self.generator):
-            d_out = self.discriminator_step(real)
-            self.guard({"d_loss": d_out["loss"]})
-            d_out["grad_norm_d"] = self.step_optimizer(opt_d, d_out["loss"], self.discriminator, log)
+        opt_g, opt_d = self.optimizers()[:2]  # a family may add optimizers after these
+        d_out = self.run_phase(
+            "d_loss", opt_d, self.discriminator, lambda: self.discriminator_step(real), "grad_norm_d"
+        )
         self.discriminator_updates += 1
         self.after_discriminator_update()
         g_out = None
         if self.is_generator_turn():
-            with frozen(self.discriminator):
-                g_out = self.generator_step(real.shape[0])
-                self.guard({"g_loss": g_out["loss"]})
-                g_out["grad_norm_g"] = self.step_optimizer(opt_g, g_out["loss"], self.generator, log)
+            g_out = self.run_phase(
+                "g_loss", opt_g, self.generator, lambda: self.generator_step(real.shape[0]), "grad_norm_g"
+            )
             self.generator_updates += 1
             if self.generator_ema is not None:
                 self.generator_ema.update_parameters(self.generator)
-        if log:
+        if self.logs_this_step():
             self.log_phase("train", d_out, g_out)
 
     def is_generator_turn(self) -> bool:
-        """True after every ``k``-th discriminator update."""
-        return self.discriminator_updates % self.k == 0
-
-    def step_optimizer(
-        self, optimizer: Any, loss: Tensor, network: nn.Module, measure: bool = False
-    ) -> Tensor | None:
-        """Backward and step; returns the gradient norm of ``network`` when ``measure`` is set."""
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        norm = None
-        if measure:
-            norm = _grad_norm(list(network.parameters()))
-            # Under 16-mixed the gradients are still multiplied by the loss scale here.
-            scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer else None
-            if scaler is not None and scaler.is_enabled():
-                norm = norm / scaler.get_scale()
-        optimizer.step()
-        return norm
+        """True after every ``discriminator_steps``-th discriminator update."""
+        return self.discriminator_updates % self.discriminator_steps == 0
 
     def after_discriminator_update(self) -> None:
         """Hook run after each discriminator update (WGAN clips its weights here)."""

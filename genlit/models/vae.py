@@ -5,18 +5,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from genlit.losses import gaussian_kl
 from genlit.metrics.elbo import elbo_surgery
-from genlit.models.ae import _NOT_HPARAMS, _Autoencoder
-from genlit.models.base import build_optimizer
+from genlit.models.ae import AutoencoderModel
 
 Likelihood = Literal["bernoulli", "gaussian"]
 
 
-class VAE(_Autoencoder):
+class VAE(AutoencoderModel):
     """Variational autoencoder (Kingma & Welling, 2014) with a beta-weighted KL (Higgins et al., 2017).
 
     Training minimises ``-log p(x|z) + beta * KL(q(z|x) || N(0, I))`` per image, one
@@ -30,9 +28,8 @@ class VAE(_Autoencoder):
     the number of validation images).
 
     Args:
-        encoder: Gaussian encoder (``gaussian=True``) returning ``(mean, log_variance)``.
-        decoder: Decoder exposing the same ``latent_dim``, returning raw outputs.
-        optimizer: Optimizer factory for the encoder's and decoder's parameters.
+        *args: ``encoder, decoder, optimizer`` in this order (see :class:`AutoencoderModel`);
+            the encoder must be Gaussian (``gaussian=True``), returning ``(mean, log_variance)``.
         likelihood: ``bernoulli`` (decoder logits, targets ``(x + 1) / 2`` in [0, 1]; grey
             levels are kept, so the value is a cross-entropy) or ``gaussian`` (mean ``tanh`` of
             the output, fixed standard deviation ``decoder_std``, in the [-1, 1] pixel scale).
@@ -45,18 +42,18 @@ class VAE(_Autoencoder):
             draws from a fixed seed). The ELBO is then a bound on the log-likelihood of binary
             images, the protocol of the MNIST numbers in the literature; with grey levels the
             cross-entropy also counts the pixels' own entropy (about 46 nats per MNIST image).
+        **kwargs: The other arguments of :class:`AutoencoderModel`.
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
+        *args: Any,
         likelihood: Likelihood = "bernoulli",
         decoder_std: float = 0.1,
         beta: float = 1.0,
         surgery_samples: int = 1,
         binarize: bool = False,
+        **kwargs: Any,
     ) -> None:
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"unknown likelihood {likelihood!r}: choose 'bernoulli' or 'gaussian'")
@@ -66,16 +63,13 @@ class VAE(_Autoencoder):
             raise ValueError(f"surgery_samples must be >= 0, got {surgery_samples}")
         if binarize and likelihood != "bernoulli":
             raise ValueError("binarize needs likelihood 'bernoulli'")
-        if not getattr(encoder, "gaussian", False):
+        super().__init__(*args, **kwargs)
+        if not self.gaussian_encoder:
             raise ValueError("VAE needs a Gaussian encoder: build it with gaussian: true")
-        super().__init__(encoder, decoder, likelihood, decoder_std)
-        self.save_config(ignore=_NOT_HPARAMS)
-        self.optimizer, self.beta, self.surgery_samples = optimizer, beta, surgery_samples
+        self.set_likelihood(likelihood, decoder_std)
+        self.beta, self.surgery_samples = beta, surgery_samples
         self.binarize = binarize
         self._val_codes: list[tuple[Tensor, Tensor]] = []
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer, self.autoencoder_parameters(), "optimizer")
 
     def binarized(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``x`` itself, or a binary draw in {-1, 1} with P(1) = (x + 1) / 2 when ``binarize`` is on."""
@@ -86,10 +80,10 @@ class VAE(_Autoencoder):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.binarized(self.unpack(batch))
         mean, log_var = self.encoder(x)  # (B, latent_dim) each
-        recon = self.reconstruction_loss(self.decoder(self.draw(mean, log_var)), x).mean()
+        recon = self.reconstruction_loss(self.decoder(self.reparameterize(mean, log_var)), x).mean()
         kl = gaussian_kl(mean, log_var).mean()
         loss = recon + self.beta * kl
-        self.guard({"loss": loss})
+        self.check_loss("loss", loss)
         self.log_train({"loss": loss, "recon": recon, "kl": kl})
         return loss
 

@@ -12,7 +12,6 @@ with ``D_Z`` the MMD (WAE-MMD, Algorithm 2) or a GAN in latent space (WAE-GAN, A
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -25,13 +24,13 @@ from genlit.losses import (
     non_saturating_discriminator_loss,
     non_saturating_generator_loss,
 )
-from genlit.models.ae import _NOT_HPARAMS, Reconstruction, _Autoencoder
-from genlit.models.base import AdversarialModel, build_optimizer
+from genlit.models.ae import AutoencoderModel, Reconstruction
+from genlit.models.optimizers import build_optimizer
 
 Regularizer = Literal["mmd", "gan"]
 
 
-class WAE(_Autoencoder):
+class WAE(AutoencoderModel):
     """Wasserstein autoencoder with an MMD or adversarial penalty on the codes.
 
     ``mmd``: the unbiased MMD between the batch's codes and as many prior draws, summed over
@@ -42,13 +41,20 @@ class WAE(_Autoencoder):
     weights frozen, so ``trainer.global_step`` advances by 2 per batch. ``sample`` decodes
     prior draws.
 
+    The arguments keep the order ``encoder, decoder, discriminator, optimizer,
+    discriminator_optimizer`` (the latent discriminator belongs with the networks), which is
+    why this model states the shared ones again rather than taking them from
+    :class:`AutoencoderModel` by position.
+
     Args:
         encoder: Encoder exposing ``latent_dim``; deterministic, or Gaussian (codes are then
             reparameterised draws from q(z|x)).
         decoder: Decoder exposing the same ``latent_dim``, returning raw outputs.
         discriminator: Latent discriminator, codes to one logit each; only with ``gan``.
-        optimizer: Optimizer factory for the encoder's and decoder's parameters.
-        discriminator_optimizer: Optimizer factory for the discriminator's parameters.
+        optimizer: Optimizer factory for the encoder's and decoder's parameters (``None``:
+            Adam with torch's default settings).
+        discriminator_optimizer: Optimizer factory for the discriminator's parameters
+            (``None``: Adam).
         regularizer: ``mmd`` (WAE-MMD) or ``gan`` (WAE-GAN).
         reg_weight: The penalty weight lambda.
         kernel: MMD kernel, ``imq`` (the paper's choice) or ``rbf``.
@@ -56,13 +62,15 @@ class WAE(_Autoencoder):
             ``bce`` (Bernoulli cross-entropy of logits).
     """
 
+    networks = (*AutoencoderModel.networks, "discriminator")
+
     def __init__(
         self,
         encoder: nn.Module,
         decoder: nn.Module,
         discriminator: nn.Module | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
+        optimizer: OptimizerCallable | None = None,
+        discriminator_optimizer: OptimizerCallable | None = None,
         regularizer: Regularizer = "mmd",
         reg_weight: float = 10.0,
         kernel: MMDKernel = "imq",
@@ -88,16 +96,13 @@ class WAE(_Autoencoder):
                 f"discriminator latent_dim={discriminator.latent_dim} differs from the encoder's "
                 f"{encoder.latent_dim}: give both the same latent_dim"
             )
-        super().__init__(encoder, decoder, reconstruction)
-        self.save_config(ignore=_NOT_HPARAMS)
+        super().__init__(encoder, decoder, optimizer)
+        self.set_likelihood(reconstruction)
         self.automatic_optimization = False
         self.ddp_find_unused_parameters = regularizer == "gan"
         self.discriminator = discriminator
-        self.optimizer, self.discriminator_optimizer = optimizer, discriminator_optimizer
+        self.discriminator_optimizer = discriminator_optimizer or torch.optim.Adam
         self.regularizer, self.reg_weight, self.kernel = regularizer, reg_weight, kernel
-
-    # The GANs' backward-and-step, gradient norm included.
-    step_optimizer = AdversarialModel.step_optimizer
 
     @property
     def optimizer_steps_per_generator_step(self) -> int:
@@ -115,29 +120,22 @@ class WAE(_Autoencoder):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = self.unpack(batch)
-        log = self._should_log()
         optimizers = self.optimizers()
         opt_ae = optimizers[0] if isinstance(optimizers, list) else optimizers
         # One encoder pass serves both updates: the discriminator sees the codes detached, and
         # the encoder's weights do not change before the autoencoder update backpropagates.
-        z = self.draw(*self.encode(real))  # (B, latent_dim)
+        z = self.reparameterize(*self.encode(real))  # (B, latent_dim)
         metrics: dict[str, Tensor | None] = {}
         if self.discriminator is not None:
-            opt_d = optimizers[1]
-            with self.toggled_optimizer(opt_d):
-                d_out = self.discriminator_step(z.detach())
-                self.guard({"d_loss": d_out["loss"]})
-                d_out["grad_norm_d"] = self.step_optimizer(
-                    opt_d, d_out["loss"], self.discriminator, log
-                )
+            d_out = self.run_phase(
+                "d_loss", optimizers[1], self.discriminator,
+                lambda: self.discriminator_step(z.detach()), "grad_norm_d",
+            )
             metrics.update({("d_loss" if k == "loss" else k): v for k, v in d_out.items()})
-        toggle = self.toggled_optimizer(opt_ae) if self.discriminator is not None else nullcontext()
-        with toggle:
-            ae_out = self.autoencoder_step(real, z)
-            self.guard({"loss": ae_out["loss"]})
-            self.step_optimizer(opt_ae, ae_out["loss"], self.encoder)
-        if log:
-            self.log_train({**ae_out, **{k: v for k, v in metrics.items() if v is not None}})
+        ae_out = self.run_phase(
+            "loss", opt_ae, (self.encoder, self.decoder), lambda: self.autoencoder_step(real, z)
+        )
+        self.log_train({**ae_out, **{k: v for k, v in metrics.items() if v is not None}})
 
     def discriminator_step(self, codes: Tensor) -> dict[str, Tensor]:
         """The latent discriminator's loss: prior draws are "real", detached codes "fake"."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from genlit.losses import (
@@ -11,70 +12,66 @@ from genlit.losses import (
     wasserstein_discriminator_loss,
     wasserstein_generator_loss,
 )
-from genlit.models.base import _NOT_HPARAMS, AdversarialModel
+from genlit.models.base import AdversarialModel
+
+# Every batch-norm flavour torch offers publicly (the lazy ones become these once built).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-class _Critic(AdversarialModel):
-    """The shared step of both WGANs: critic values, their gap, the generator's ``-E[f(G(z))]``."""
+class WassersteinGAN(AdversarialModel):
+    """What both WGANs share: ``n_critic`` critic steps per generator step, the critic's gap,
+    and the generator's loss ``-E[f(G(z))]``.
+
+    Args:
+        *args: ``generator, discriminator, generator_optimizer, discriminator_optimizer``, in
+            this order (see :class:`AdversarialModel`); the discriminator is the critic,
+            mapping samples to one real value each, shape ``(B,)``.
+        n_critic: Critic steps per generator step.
+        **kwargs: The other arguments of :class:`AdversarialModel`.
+    """
+
+    def __init__(self, *args: Any, n_critic: int = 5, **kwargs: Any) -> None:
+        if n_critic < 1:
+            raise ValueError(f"n_critic (critic steps per generator step) must be >= 1, got {n_critic}")
+        super().__init__(*args, **kwargs)
+        self.discriminator_steps = n_critic
+
+    @property
+    def critic(self) -> nn.Module:
+        """The discriminator, by its WGAN name."""
+        return self.discriminator
 
     def critic_outputs(self, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Fresh fakes (no graph to the generator) and the critic's values on both, (B,) each."""
         fake = self.generate_detached(real.shape[0])
-        return fake, self.discriminator(real), self.discriminator(fake)  # (B,), (B,)
+        return fake, self.discriminator(real), self.discriminator(fake)
 
     def generator_step(self, batch_size: int) -> dict[str, Tensor]:
         fake_out = self.discriminator(self.generator(self.noise(batch_size)))  # (B,)
         return {"loss": wasserstein_generator_loss(fake_out)}
 
-    @property
-    def critic(self) -> nn.Module:
-        return self.discriminator
 
-
-class WGAN(_Critic):
+class WGAN(WassersteinGAN):
     """Wasserstein GAN with weight clipping (Arjovsky et al., 2017, Algorithm 1).
 
     After every critic update each critic weight is clipped to ``[-clip, clip]``, a crude way
-    of keeping the critic K-Lipschitz. The paper's defaults: RMSprop with lr 5e-5 (set it in
-    the config), ``clip = 0.01``, ``n_critic = 5``.
+    of keeping the critic K-Lipschitz. The paper's defaults: RMSprop (the default optimizer
+    here) with lr 5e-5 (set it in the config), ``clip = 0.01``, ``n_critic = 5``.
 
     Args:
-        generator: Network mapping ``(B, latent_dim)`` noise to samples; must expose ``latent_dim``.
-        discriminator: The critic, mapping samples to one real value each, shape ``(B,)``.
-        generator_optimizer: Optimizer factory for the generator's parameters.
-        discriminator_optimizer: Optimizer factory for the critic's parameters.
+        *args: ``generator, discriminator, generator_optimizer, discriminator_optimizer``, in
+            this order (see :class:`AdversarialModel`).
         clip: Half-width ``c`` of the box ``[-c, c]`` the critic's weights are clipped to.
-        n_critic: Critic steps per generator step.
-        ema_decay: When set (e.g. 0.999), ``sample`` uses an exponential moving average of the
-            generator's weights, updated after every generator step.
-        compile_generator: Compile the generator with ``torch.compile`` (faster steps after a
-            one-off compilation; see ``benchmarks/speed.py``).
-        compile_discriminator: Compile the discriminator (ignored, with a warning, when a
-            gradient penalty needs its double backward, which the compiler does not support).
-        channels_last: Keep image networks and batches in channels-last memory layout.
+        **kwargs: ``n_critic`` (see :class:`WassersteinGAN`) and the other arguments of
+            :class:`AdversarialModel`.
     """
 
-    def __init__(
-        self,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        generator_optimizer: OptimizerCallable = torch.optim.RMSprop,
-        discriminator_optimizer: OptimizerCallable = torch.optim.RMSprop,
-        clip: float = 0.01,
-        n_critic: int = 5,
-        ema_decay: float | None = None,
-        compile_generator: bool = False,
-        compile_discriminator: bool = False,
-        channels_last: bool = False,
-    ) -> None:
+    default_optimizer = torch.optim.RMSprop
+
+    def __init__(self, *args: Any, clip: float = 0.01, **kwargs: Any) -> None:
         if clip <= 0:
             raise ValueError(f"clip must be > 0, got {clip}")
-        if n_critic < 1:
-            raise ValueError(f"n_critic (critic steps per generator step) must be >= 1, got {n_critic}")
-        super().__init__(
-            generator, discriminator, generator_optimizer, discriminator_optimizer, n_critic,
-            ema_decay, compile_generator, compile_discriminator, channels_last
-        )
-        self.save_config(ignore=_NOT_HPARAMS)
+        super().__init__(*args, **kwargs)
         self.clip = clip
 
     def discriminator_step(self, real: Tensor) -> dict[str, Tensor]:
@@ -86,11 +83,11 @@ class WGAN(_Critic):
     @torch.no_grad()
     def after_discriminator_update(self) -> None:
         # Clip weights and biases alike, as the paper does: every parameter of the critic.
-        torch._foreach_clamp_min_(params := list(self.discriminator.parameters()), -self.clip)
-        torch._foreach_clamp_max_(params, self.clip)
+        for p in self.discriminator.parameters():
+            p.clamp_(-self.clip, self.clip)
 
 
-class WGANGP(_Critic):
+class WGANGP(WassersteinGAN):
     """Wasserstein GAN with gradient penalty (Gulrajani et al., 2017, Algorithm 1).
 
     The critic is pushed towards unit gradient norm on random interpolates between real and
@@ -99,48 +96,22 @@ class WGANGP(_Critic):
     the penalty is per sample, and batch norm couples the samples of a batch.
 
     Args:
-        generator: Network mapping ``(B, latent_dim)`` noise to samples; must expose ``latent_dim``.
-        discriminator: The critic, mapping samples to one real value each, shape ``(B,)``.
-        generator_optimizer: Optimizer factory for the generator's parameters.
-        discriminator_optimizer: Optimizer factory for the critic's parameters.
+        *args: ``generator, discriminator, generator_optimizer, discriminator_optimizer``, in
+            this order (see :class:`AdversarialModel`).
         gp_weight: The penalty coefficient lambda.
-        n_critic: Critic steps per generator step.
-        ema_decay: When set (e.g. 0.999), ``sample`` uses an exponential moving average of the
-            generator's weights, updated after every generator step.
-        compile_generator: Compile the generator with ``torch.compile`` (faster steps after a
-            one-off compilation; see ``benchmarks/speed.py``).
-        compile_discriminator: Compile the discriminator (ignored, with a warning, when a
-            gradient penalty needs its double backward, which the compiler does not support).
-        channels_last: Keep image networks and batches in channels-last memory layout.
+        **kwargs: ``n_critic`` (see :class:`WassersteinGAN`) and the other arguments of
+            :class:`AdversarialModel`.
     """
 
-    def __init__(
-        self,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        generator_optimizer: OptimizerCallable = torch.optim.Adam,
-        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
-        gp_weight: float = 10.0,
-        n_critic: int = 5,
-        ema_decay: float | None = None,
-        compile_generator: bool = False,
-        compile_discriminator: bool = False,
-        channels_last: bool = False,
-    ) -> None:
+    def __init__(self, *args: Any, gp_weight: float = 10.0, **kwargs: Any) -> None:
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
-        if n_critic < 1:
-            raise ValueError(f"n_critic (critic steps per generator step) must be >= 1, got {n_critic}")
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules()):
+        super().__init__(*args, **kwargs)
+        if any(isinstance(m, _BATCH_NORMS) for m in self.discriminator.modules()):
             raise ValueError(
                 "WGANGP's critic contains batch norm, which breaks the per-sample gradient "
                 "penalty: build it without (e.g. DCGANDiscriminator(batch_norm=false))."
             )
-        super().__init__(
-            generator, discriminator, generator_optimizer, discriminator_optimizer, n_critic,
-            ema_decay, compile_generator, compile_discriminator, channels_last
-        )
-        self.save_config(ignore=_NOT_HPARAMS)
         self.gp_weight = gp_weight
         self.double_backward = gp_weight > 0
 

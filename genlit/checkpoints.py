@@ -1,0 +1,132 @@
+"""Reading checkpoints written by ``genlit fit``: one home for loading, checking and rebuilding.
+
+``genlit fit --ckpt_path``, ``genlit sample`` and ``genlit evaluate`` all come here, so a bad
+file gets the same one-line answer whichever command was given it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genlit.errors import GenlitError
+from genlit.models.base import GenerativeModel
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Loads a checkpoint's dict, or fails in one line.
+
+    Raises:
+        GenlitError: missing, truncated or not a Lightning checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GenlitError(f"checkpoint {path} does not exist: check the path")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
+        raise GenlitError(
+            f"checkpoint {path} cannot be read ({reason}): the file is truncated or not a "
+            "checkpoint; use another one (an earlier last.ckpt), or delete it to start afresh"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise GenlitError(
+            f"checkpoint {path} is not a Lightning checkpoint (no state_dict): give a file "
+            "written by genlit fit"
+        )
+    return checkpoint
+
+
+def architecture(model_class: type[GenerativeModel], class_path: str, init_args: dict[str, Any]) -> tuple:
+    """The model class and its declared networks (class and arguments): what the weights depend on.
+
+    Args:
+        model_class: The model class whose ``networks`` say which arguments are networks.
+        class_path: The model's class path as a config or a checkpoint records it.
+        init_args: The model's arguments as recorded there (networks as ``class_path`` dicts).
+    """
+    networks = []
+    for key in model_class.networks:
+        network = init_args.get(key)
+        if isinstance(network, dict):
+            arguments = network.get("init_args") or {}
+            name = str(network.get("class_path", "")).rsplit(".", 1)[-1]
+            networks.append((key, name, sorted(arguments.items())))
+    return (class_path.rsplit(".", 1)[-1], tuple(networks))
+
+
+def describe(arch: tuple) -> str:
+    """``GAN, generator DCGANGenerator, discriminator DCGANDiscriminator``."""
+    model, networks = arch
+    return model + "".join(f", {key} {name}" for key, name, _ in networks)
+
+
+def check_same_architecture(
+    path: str | Path, checkpoint: dict[str, Any], model_class: type[GenerativeModel], config: dict[str, Any]
+) -> None:
+    """Fails unless the checkpoint's recorded model config builds the same networks as ``config``.
+
+    Checkpoints written outside the CLI record no config; their weights are checked after the
+    model is built (:func:`check_weights_fit`).
+
+    Raises:
+        GenlitError: naming both architectures.
+    """
+    saved = checkpoint.get("hyper_parameters") or {}
+    if "_class_path" not in saved:
+        return
+    theirs = architecture(model_class, saved["_class_path"], saved)
+    ours = architecture(model_class, config.get("class_path", ""), config.get("init_args") or {})
+    if theirs != ours:
+        raise GenlitError(
+            f"checkpoint {path} was written by a different model ({describe(theirs)}) than the "
+            f"config's ({describe(ours)}): resume with the config it was trained with"
+        )
+
+
+def check_weights_fit(path: str | Path, checkpoint: dict[str, Any], model: nn.Module) -> None:
+    """Fails in one line unless the checkpoint's weights have ``model``'s names and shapes.
+
+    Raises:
+        GenlitError: weights of another model or another network size.
+    """
+    expected, found = set(model.state_dict()), set(checkpoint["state_dict"])
+    if expected != found:
+        missing = sorted(expected - found)[:3]
+        unexpected = sorted(found - expected)[:3]
+        raise GenlitError(
+            f"checkpoint {path} was written by a different model or network size (missing "
+            f"{missing}, unexpected {unexpected}): resume with the config it was trained with"
+        )
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    for key, value in checkpoint["state_dict"].items():
+        if hasattr(value, "shape") and value.shape != shapes[key]:
+            raise GenlitError(
+                f"checkpoint {path} was written by a different network size ({key}: "
+                f"{tuple(value.shape)} there, {tuple(shapes[key])} here): resume with the config "
+                "it was trained with"
+            )
+
+
+def load_model(ckpt: str | Path, map_location: str = "cpu") -> GenerativeModel:
+    """Rebuilds a model, in eval mode, from a checkpoint written by ``genlit fit``.
+
+    Raises:
+        GenlitError: the file is missing, truncated, or not a genlit checkpoint.
+    """
+    path = Path(ckpt)
+    checkpoint = read_checkpoint(path, map_location)
+    if "_class_path" not in (checkpoint.get("hyper_parameters") or {}):
+        raise GenlitError(
+            f"checkpoint {path} was not written by `genlit fit` (no model config inside): "
+            "load it in Python with YourModel.load_from_checkpoint(path, generator=..., ...)"
+        )
+    try:
+        model = GenerativeModel.load_from_checkpoint(path, map_location=map_location)
+    except Exception as err:  # noqa: BLE001
+        raise GenlitError(f"checkpoint {path} does not match its model config: {err}") from None
+    return model.eval()
