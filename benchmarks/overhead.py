@@ -29,6 +29,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from genlit._compat import skip_failing_nvml_probe
 from genlit.losses import non_saturating_discriminator_loss, non_saturating_generator_loss
 from genlit.models import GAN
 from genlit.networks.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -166,4 +167,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    skip_failing_nvml_probe()  # as the genlit command does: no NVML retry per Adam step
     main()

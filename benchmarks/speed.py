@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from datamodules.images import Digits
+from genlit._compat import skip_failing_nvml_probe
 from genlit.models import GAN, WGANGP
 from genlit.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 
@@ -123,4 +124,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    skip_failing_nvml_probe()  # as the genlit command does: no NVML retry per Adam step
     main()

@@ -30,13 +30,13 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from genlit._compat import kid_fake_features, set_fid_real_statistics
+from genlit.batches import batch_data
 from genlit.errors import GenlitError
 from genlit.metrics.features import FeatureExtractor
 
 __all__ = [
     "FeatureDistances",
     "ReferenceStats",
-    "batch_images",
     "default_cache_dir",
     "generate_into",
     "in_order",
@@ -234,19 +234,6 @@ def in_order(loader: Any) -> Any:
 _STAGES = {"train": "fit", "val": "validate", "test": "test"}
 
 
-def batch_images(batch: Tensor | tuple | list | dict) -> Tensor:
-    """The images of a batch: ``x`` itself, the first element of ``(x, y)``, or ``batch["x"]``.
-
-    The batch convention of ``GenerativeModel.unpack``, kept here so that metrics never import
-    the models (the layering is models -> metrics, one way).
-    """
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, dict):
-        return batch["x"]
-    return batch[0]
-
-
 def real_batches(
     datamodule: Any, split: str, device: torch.device | str = "cpu"
 ) -> Iterator[Tensor]:
@@ -274,7 +261,7 @@ def real_batches(
         batch = datamodule.on_before_batch_transfer(batch, 0)
         batch = datamodule.transfer_batch_to_device(batch, device, 0)
         batch = datamodule.on_after_batch_transfer(batch, 0)
-        yield to_uint8(batch_images(batch))
+        yield to_uint8(batch_data(batch))
 
 
 def reference_statistics(

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from genlit import _compat
+from genlit.batches import batch_data
 from genlit.models import random_state
 from genlit.models.compatibility import check_compatible
 from genlit.models.divergence import DivergenceGuard
@@ -87,14 +88,8 @@ class GenerativeModel(LightningModule):
         """Draws ``n`` latent vectors from the prior N(0, I)."""
         return torch.randn(n, self.latent_dim, device=self.device)
 
-    @staticmethod
-    def unpack(batch: Tensor | tuple | list | dict) -> Tensor:
-        """The data tensor of a batch: ``x`` itself, the first element of ``(x, y)``, or ``batch["x"]``."""
-        if isinstance(batch, Tensor):
-            return batch
-        if isinstance(batch, dict):
-            return batch["x"]
-        return batch[0]
+    unpack = staticmethod(batch_data)
+    """The data tensor of a batch (see :func:`genlit.batches.batch_data`)."""
 
     def prepare_batch(self, batch: Any) -> Any:
         """A batch straight from a dataloader, moved and decoded as ``training_step`` receives it.
