@@ -52,8 +52,9 @@ def test_every_n_epochs_and_the_last_epoch(tmp_path, budget, monkeypatch):
     plot = ScatterPlot(num_samples=50, every_n_epochs=3)
     _fit(tmp_path, [Remember(), ModeCoverage(num_samples=100, every_n_epochs=3), plot], **budget)
     assert scored == [2, 4]
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["epoch_0002.png", "epoch_0004.png"]
-    assert plot.last_path == tmp_path / "samples" / "epoch_0004.png"
+    # Named by generator step: 3 and 5 epochs of 4 batches, one generator step a batch.
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000012.png", "step_000020.png"]
+    assert plot.last_path == tmp_path / "samples" / "step_000020.png"
 
 
 def test_logged_values_are_the_mode_statistics_of_the_seeded_samples(tmp_path):

@@ -53,21 +53,22 @@ class EpochPictures(Callback):
     """Draws a picture at the end of every ``every_n_epochs``-th training epoch and of fit.
 
     The training epoch ends whether or not there is a validation split, so pictures do not
-    depend on ``check_val_every_n_epoch``. Subclasses implement ``draw(trainer, pl_module,
-    epoch=None)`` and set ``every_n_epochs`` and ``_drawn_at_step`` (the step of the last picture).
+    depend on ``check_val_every_n_epoch``. Subclasses implement ``draw(trainer, pl_module)``
+    (files named by generator step) and set ``every_n_epochs`` and ``_drawn_at_step`` (the
+    global step of the last picture).
     """
 
     every_n_epochs: int
     _drawn_at_step: int | None
 
-    def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int | None = None) -> Path | None:
+    def draw(self, trainer: Trainer, pl_module: LightningModule, step: int | None = None) -> Path | None:
         raise NotImplementedError
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        # A fast_dev_run has no run folder (no logger): it would draw into the current directory.
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.fast_dev_run:
             self.draw(trainer, pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._drawn_at_step != trainer.global_step:
-            # By now the epoch counter is one past the last epoch; name the picture after that epoch.
-            self.draw(trainer, pl_module, epoch=max(trainer.current_epoch - 1, 0))
+        if self._drawn_at_step != trainer.global_step and not trainer.fast_dev_run:
+            self.draw(trainer, pl_module)
