@@ -19,16 +19,6 @@ from genlit.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from genlit.networks.mlp import MLPDiscriminator, MLPGenerator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Networks this small run fastest on one thread; with more, a busy 2-core machine spends
-    # most of each step waiting for OpenMP workers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_gan() -> GAN:
     return GAN(
         DCGANGenerator(latent_dim=8, channels=1, image_size=8, width=8),
@@ -74,10 +64,10 @@ def test_grid_png_every_epoch_with_make_grid_geometry(trained):
     trainer, _, grid, root = trained
     files = sorted(p.name for p in (root / "samples").iterdir())
     assert files == [
-        "grid_epoch_0000.png",
-        "grid_epoch_0001.png",
-    ]  # the fit-end grid is not redrawn
-    assert grid.last_path == root / "samples" / "grid_epoch_0001.png"
+        "grid_step_000003.png",
+        "grid_step_000006.png",
+    ]  # by generator step (one a batch, 3 batches an epoch); the fit-end grid is not redrawn
+    assert grid.last_path == root / "samples" / "grid_step_000006.png"
     # 12 images of 8x8, 5 per row, padding 2: 3 rows -> 3 * (8 + 2) + 2 high, 5 * (8 + 2) + 2 wide.
     assert Image.open(grid.last_path).size == (52, 32)
 
@@ -107,7 +97,7 @@ def test_same_weights_same_grid_whatever_the_global_rng(trained, tmp_path):
 )
 def test_grid_size_follows_nrow(trained, num_samples, nrow, size):
     trainer, model, _, _ = trained
-    path = SampleGrid(num_samples=num_samples, nrow=nrow).draw(trainer, model, epoch=99)
+    path = SampleGrid(num_samples=num_samples, nrow=nrow).draw(trainer, model, step=99)
     assert Image.open(path).size == size  # (W, H)
 
 
@@ -135,7 +125,7 @@ def test_every_n_epochs_and_a_last_grid_at_the_end_of_fit(tmp_path):
     grid = SampleGrid(num_samples=4, nrow=2, every_n_epochs=2)
     fit(tiny_gan(), Digits(image_size=8, batch_size=32), tmp_path, [grid], epochs=3)
     files = sorted(p.name for p in (tmp_path / "samples").iterdir())
-    assert files == ["grid_epoch_0001.png", "grid_epoch_0002.png"]
+    assert files == ["grid_step_000006.png", "grid_step_000009.png"]
 
 
 def test_toy_points_give_no_grid_and_one_warning(tmp_path):

@@ -6,10 +6,18 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 
+from genlit.callbacks import progress
 from genlit.callbacks._rng import seeded
+from genlit.callbacks.schedule import (
+    Evaluation,
+    EvaluationSchedule,
+    ScheduledEvaluation,
+    generator_step,
+    log_evaluation,
+)
 from genlit.errors import GenlitError
 from genlit.metrics.features import (
     INCEPTION_WEIGHTS_FILE,
@@ -20,7 +28,7 @@ from genlit.metrics.features import (
 from genlit.metrics.fid import FeatureDistances, generate_into, reference_statistics, share
 
 
-class FID(Callback):
+class FID(ScheduledEvaluation):
     """Logs ``val/fid``, ``val/kid_mean`` and ``val/kid_std`` of ``model.sample`` every few epochs.
 
     The real side is computed once per (dataset, split, image size, feature network) and
@@ -31,11 +39,13 @@ class FID(Callback):
     per evaluation says all three, so numbers of different settings are not compared by
     accident. Only ``pl_module.sample(n)`` is used, images ``(N, C, H, W)`` in [-1, 1].
 
-    When it runs: at the end of every ``every_n_epochs``-th validation during ``fit`` (so
-    set ``trainer.check_val_every_n_epoch`` and ``every_n_epochs`` together, and give a
-    ``ModelCheckpoint(monitor="val/fid")`` the same ``every_n_epochs``), at every
-    ``validate``, and at ``test`` (logged as ``test/fid``). Without a validation split
-    (``val_fraction: 0``) it runs at the end of every ``every_n_epochs``-th training epoch.
+    When it runs during ``fit``: at the end of every ``every_n_epochs``-th validation (so set
+    ``trainer.check_val_every_n_epoch`` and ``every_n_epochs`` together, and give a
+    ``ModelCheckpoint(monitor="val/fid")`` the same ``every_n_epochs``; without a validation
+    split, ``val_fraction: 0``, at the end of every ``every_n_epochs``-th training epoch), after
+    every ``every_n_steps``-th generator step, and always once on the final weights, so every
+    finished run reports its final FID. Also at every ``validate``, and at ``test`` (logged as
+    ``test/fid``). Not under ``fast_dev_run``.
 
     Args:
         features: ``inception`` (comparable with published FIDs), ``digits``, ``mnist``,
@@ -44,7 +54,8 @@ class FID(Callback):
             :mod:`genlit.metrics.features`.
         num_samples: Generated images per evaluation, over all ranks; capped, with a warning,
             at the number of real images. ``None``: as many as there are real images.
-        every_n_epochs: Evaluate at every n-th epoch.
+        every_n_epochs: Evaluate at every n-th epoch (``None``: by steps and at the end only).
+        every_n_steps: Also evaluate after every n-th generator step.
         split: The real images: ``test`` (default), ``val`` or ``train``.
         kid: Also log KID (mean and standard deviation over random subsets).
         kid_subsets: KID's number of subsets.
@@ -61,7 +72,8 @@ class FID(Callback):
         self,
         features: str = "inception",
         num_samples: int | None = 10000,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
         split: Literal["train", "val", "test"] = "test",
         kid: bool = True,
         kid_subsets: int = 100,
@@ -73,13 +85,14 @@ class FID(Callback):
     ) -> None:
         if num_samples is not None and num_samples < 2:
             raise ValueError(f"FID needs num_samples >= 2, got {num_samples}")
-        if every_n_epochs < 1 or batch_size < 1:
-            raise ValueError("FID needs every_n_epochs >= 1 and batch_size >= 1")
+        if batch_size < 1:
+            raise ValueError(f"FID needs batch_size >= 1, got {batch_size}")
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
         self.features = features
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
+        self.schedule = EvaluationSchedule(every_n_epochs, every_n_steps)
         self.split = split
         self.kid = kid
         self.kid_subsets = kid_subsets
@@ -90,6 +103,7 @@ class FID(Callback):
         self.seed = seed
         self.distances: FeatureDistances | None = None
         self.last: dict[str, float] = {}
+        self.last_evaluation: Evaluation | None = None
         self._validation_off: bool | None = None
         self._announced = False
         self._warned_cap = False
@@ -107,22 +121,16 @@ class FID(Callback):
                 "be downloaded at the first evaluation (offline, set weights_path)"
             )
 
-    def _due(self, trainer: Trainer) -> bool:
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        if trainer.state.fn == "fit" and not self._due(trainer):
-            return
-        self.evaluate(trainer, pl_module, "val")
+    def run(self, trainer: Trainer, pl_module: LightningModule, in_training: bool) -> None:
+        self.evaluate(trainer, pl_module, "val", in_training)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.evaluate(trainer, pl_module, "test")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._due(trainer) and self._no_validation(trainer):
+        if self._no_validation(trainer) and self.schedule.after_epoch(trainer):
             self.evaluate(trainer, pl_module, "val")
+
 
     def _no_validation(self, trainer: Trainer) -> bool:
         """True when fit never validates (no validation split, or limit_val_batches=0)."""
@@ -191,23 +199,36 @@ class FID(Callback):
         return self.last
 
     def evaluate(
-        self, trainer: Trainer, pl_module: LightningModule, stage: str = "val"
+        self, trainer: Trainer, pl_module: LightningModule, stage: str = "val", in_training: bool = False
     ) -> dict[str, float]:
-        """Measures, then logs ``{stage}/fid``, ``{stage}/kid_mean``, ... and one line of settings."""
+        """Measures, then logs ``{stage}/fid``, ``{stage}/kid_mean``, ... and one line of settings.
+
+        Args:
+            trainer: The trainer.
+            pl_module: The model.
+            stage: ``val`` or ``test``: the key prefix.
+            in_training: Called from a training hook, whose values Lightning writes to the
+                loggers only on its logging steps: they are written directly instead.
+        """
+        if trainer.state.fn == "fit":
+            self.schedule.mark(trainer)
         values = dict(self.measure(trainer, pl_module))
         n = int(values.pop("num_samples"))
         if not self._announced:
             self._announce(trainer, n)
-        for key, value in values.items():
-            pl_module.log(f"{stage}/{key}", value, sync_dist=True, prog_bar=key == "fid")
-        pl_module.log(f"{stage}/fid_num_samples", float(n), sync_dist=True)
+        logged = {f"{stage}/{key}": value for key, value in values.items()}
+        logged[f"{stage}/fid_num_samples"] = float(n)
+        self.last_evaluation = log_evaluation(
+            trainer, pl_module, logged, in_training, prog_bar=(f"{stage}/fid",)
+        )
         kid = (
             f", KID {values['kid_mean']:.4g} ± {values['kid_std']:.2g}"
             if "kid_mean" in values
             else ""
         )
-        rank_zero_info(
-            f"{stage}/fid {values['fid']:.4g}{kid} (epoch {trainer.current_epoch}; {n} samples vs "
+        progress.write(  # above the progress bar
+            trainer,
+            f"{stage}/fid {values['fid']:.4g}{kid} (generator step {generator_step(trainer, pl_module)}; {n} samples vs "
             f"{self.distances.reference.describe()}; features {self.distances.network.name})"
         )
         return self.last
