@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import secrets
 import shutil
-import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,26 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
+
+
+class DataError(ValueError):
+    """Data on disk that cannot be used as it is (a damaged file, too few images): one line.
+
+    ``python -m genlit`` prints ``genlit: error: <message>`` and exits with code 2.
+    """
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker re-raises it as DataError("Caught DataError in DataLoader worker
+        # process 0.\nOriginal Traceback ..."): keep the original one-line message.
+        lines = str(message).strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught DataError"):
+            message = lines[-1].removeprefix(f"{type(self).__module__}.").removeprefix("DataError: ")
+        super().__init__(message)
+
+
+def _reason(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def extract_idx(raw: Path, names: Sequence[str]) -> None:
@@ -27,16 +48,69 @@ def extract_idx(raw: Path, names: Sequence[str]) -> None:
         target, packed = raw / name, raw / f"{name}.gz"
         if target.exists() or not packed.exists():
             continue
-        # A private temporary file and an atomic rename: a crash leaves no truncated file that
-        # torchvision would trust, and processes extracting at once do not interleave writes.
-        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
+        # A temporary file of this process and an atomic rename: a crash leaves no truncated
+        # file that torchvision would trust, and processes extracting at once do not interleave
+        # writes. Mode 0o666 less the umask, as open(..., "wb") makes it: mkstemp's 0600 would
+        # keep the extracted dataset from the other users of a shared data folder.
+        fd, tmp = _create_beside(raw, f".{name}.")
         try:
             with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             os.replace(tmp, target)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise DataError(
+                f"{packed} is truncated or damaged ({_reason(err)}): delete it and download it "
+                "again (data.init_args.download: true), or copy a complete one there"
+            ) from None
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def _create_beside(folder: Path, prefix: str) -> tuple[int, Path]:
+    """A new file in ``folder`` opened for writing, with the umask's mode; its fd and path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = folder / f"{prefix}{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder}")
+
+
+def unreadable_images(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """``(path, reason)`` of every file PIL cannot identify or whose structure is damaged.
+
+    One pass over the files' headers and chunks (``Image.verify``), no decoding: a garbage,
+    empty or truncated PNG is found; a JPEG cut short in its pixel data only fails when it is
+    decoded (then :func:`load_image` names it).
+    """
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # noqa: BLE001 - PIL's format plugins raise many types
+            bad.append((path, _reason(err)))
+    return bad
+
+
+def load_image(path: str) -> Image.Image:
+    """torchvision's default loader (an RGB PIL image), naming the file when it cannot be read.
+
+    Raises:
+        DataError: the file and PIL's reason, with the fix.
+    """
+    try:
+        with open(path, "rb") as file:
+            image = Image.open(file)
+            return image.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - PIL's format plugins raise many types
+        raise DataError(
+            f"{path} is not a readable image ({_reason(err)}): delete or replace it, or set "
+            "data.init_args.skip_unreadable: true to leave unreadable images out"
+        ) from None
 
 
 class FlatImageFolder(torchvision.datasets.ImageFolder):

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
+from datamodules._datasets import DataError
 from datamodules._inmemory import DeviceCache, IndexBatch, IndexDataset, decode_uint8, keep_batch
 from datamodules._resume import ResumableSampler
 
@@ -220,6 +221,15 @@ class ImageDataModule(LightningDataModule):
         if split not in self._splits:
             raise RuntimeError(f"{split} split of {self.dataset_name} is not set up; call setup()")
         source, positions = self._splits[split]
+        if train and len(positions) < self.batch_size:
+            # drop_last would leave no batch: fit would end at once, exit 0, having trained nothing.
+            n = len(positions)
+            fix = f"set data.init_args.batch_size to at most {n:,}" if n else "add images"
+            raise DataError(
+                f"{self.dataset_name}: the training split has {n:,} images, fewer than "
+                f"batch_size={self.batch_size}, and the last incomplete batch is dropped, so an "
+                f"epoch would train nothing: {fix}"
+            )
         dataset = (
             IndexDataset(source, positions)
             if self.in_memory

@@ -17,6 +17,8 @@ Two loading paths share the same transforms, so they give the same pixels:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,13 +30,21 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from datamodules._datasets import DigitsDataset, FlatImageFolder, extract_idx
+from datamodules._datasets import (
+    DataError,
+    DigitsDataset,
+    FlatImageFolder,
+    extract_idx,
+    load_image,
+    unreadable_images,
+)
 from datamodules._image_base import ImageDataModule
 
 __all__ = [
     "CIFAR10",
     "MNIST",
     "CelebA",
+    "DataError",
     "DatasetNotFoundError",
     "Digits",
     "FashionMNIST",
@@ -45,10 +55,16 @@ __all__ = [
 # Everything a torchvision download can raise offline: URLError is an OSError, and torchvision
 # wraps failed mirrors and a missing gdown in RuntimeError.
 _LOAD_ERRORS = (OSError, RuntimeError)
+log = logging.getLogger(__name__)
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk and could not be downloaded; the message says where to put it."""
+
+
+def _source(datamodule: ImageDataModule, split: str) -> str:
+    """The source split ("train" or "test") that ``split`` is carved from."""
+    return "test" if split == "test" and datamodule.has_test_split else "train"
 
 
 # --- MNIST family ------------------------------------------------------------------------------
@@ -62,10 +78,25 @@ class _IDXDataModule(ImageDataModule):
     native_size = 28
     default_image_size = 28
 
+    def _raw(self) -> Path:
+        root = Path(self.root).expanduser().resolve()
+        return root / self.torchvision_class.__name__ / "raw"
+
+    def split_files(self, split: str) -> list[Path]:
+        """The extracted IDX files torchvision reads for ``split`` (extracted first, as loading
+        does, so the FID cache key names the files as they will be read)."""
+        raw = self._raw()
+        names = [name.removesuffix(".gz") for name, _ in self.torchvision_class.resources]
+        if raw.is_dir():
+            with contextlib.suppress(OSError):  # a read-only folder: loading will say why
+                extract_idx(raw, names)
+        prefix = "train-" if _source(self, split) == "train" else "t10k-"
+        return [raw / name for name in names if name.startswith(prefix)]
+
     def _open(self, source: str, transform: Any) -> Dataset:
         cls = self.torchvision_class
         root = Path(self.root).expanduser().resolve()
-        raw = root / cls.__name__ / "raw"
+        raw = self._raw()
         packed = [name for name, _ in cls.resources]
         try:
             if raw.is_dir():
@@ -119,6 +150,17 @@ class CIFAR10(ImageDataModule):
     native_size = 32
     default_image_size = 32
 
+    def split_files(self, split: str) -> list[Path]:
+        """The pickled batches ``split`` is read from (and the label names), else its JPEGs."""
+        source = _source(self, split)
+        root = Path(self.root).expanduser().resolve()
+        cifar = torchvision.datasets.CIFAR10
+        pickled, jpegs = root / cifar.base_folder, root / "CIFAR10-images" / source
+        if not pickled.is_dir() and jpegs.is_dir():
+            return [jpegs]
+        batches = cifar.train_list if source == "train" else cifar.test_list
+        return [pickled / name for name, _ in batches] + [pickled / cifar.meta["filename"]]
+
     def _open(self, source: str, transform: Any) -> Dataset:
         root = Path(self.root).expanduser().resolve()
         pickled = root / torchvision.datasets.CIFAR10.base_folder
@@ -165,6 +207,11 @@ class CelebA(ImageDataModule):
     def _spatial(self) -> list[Any]:
         return [T.CenterCrop(140), T.Resize(self.image_size)]
 
+    def split_files(self, split: str) -> list[Path]:
+        """The whole ``root/celeba`` folder: the images and the partition and label files."""
+        root = Path(self.root).expanduser().resolve()
+        return [root / torchvision.datasets.CelebA.base_folder]
+
     def _open(self, source: str, transform: Any) -> Dataset:
         root = Path(self.root).expanduser().resolve()
         try:
@@ -200,6 +247,9 @@ class ImageFolder(ImageDataModule):
         test_root: A folder of test images in the same layout; without it, testing uses the
             validation split.
         channels: 3 for RGB or 1 for grayscale.
+        skip_unreadable: Leave out the files PIL cannot read (garbage, empty, truncated),
+            with one log line counting them. False: the first such file stops the run before
+            training, named with PIL's reason. Every file's header is checked once at setup.
     """
 
     dataset_name = "ImageFolder"
@@ -209,7 +259,12 @@ class ImageFolder(ImageDataModule):
     default_in_memory = False
 
     def __init__(
-        self, *args: Any, test_root: str | None = None, channels: int = 3, **kwargs: Any
+        self,
+        *args: Any,
+        test_root: str | None = None,
+        channels: int = 3,
+        skip_unreadable: bool = False,
+        **kwargs: Any,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -217,12 +272,18 @@ class ImageFolder(ImageDataModule):
         # download is fixed, not an argument here: hparams must rebuild the datamodule.
         self.hparams.pop("download", None)
         self.test_root = test_root
+        self.skip_unreadable = skip_unreadable
         self._channels = channels
 
     @property
     def has_test_split(self) -> bool:
         """Whether ``test_root`` was given; without it, testing uses the validation split."""
         return self.test_root is not None
+
+    def split_files(self, split: str) -> list[Path]:
+        """``root`` for the training and validation splits, ``test_root`` for testing."""
+        folder = self.test_root if _source(self, split) == "test" else self.root
+        return [Path(folder).expanduser().resolve()]
 
     def _spatial(self) -> list[Any]:
         gray = [T.Grayscale(1)] if self.channels == 1 else []
@@ -236,10 +297,36 @@ class ImageFolder(ImageDataModule):
                 for entry in os.scandir(folder)
             )
             cls = FlatImageFolder if flat else torchvision.datasets.ImageFolder
-            return cls(str(folder), transform=transform)
+            dataset = cls(str(folder), transform=transform, loader=load_image)
         except _LOAD_ERRORS as err:
             expected = f"images ({', '.join(IMG_EXTENSIONS)}) directly or in class subfolders"
             raise DatasetNotFoundError(self._missing(folder, [expected], err)) from None
+        self._leave_out_unreadable(dataset)
+        return dataset
+
+    def _leave_out_unreadable(self, dataset: torchvision.datasets.ImageFolder) -> None:
+        """Fails on (or, with ``skip_unreadable``, drops) the files PIL cannot read.
+
+        Raises:
+            DataError: the first unreadable file and why, with the fix.
+        """
+        bad = unreadable_images([path for path, _ in dataset.samples])
+        if not bad:
+            return
+        first = f"{bad[0][0]}: {bad[0][1]}"
+        if not self.skip_unreadable:
+            more = f" (and {len(bad) - 1:,} more)" if len(bad) > 1 else ""
+            raise DataError(
+                f"{self.dataset_name}: unreadable image {first}{more}; delete or replace it, or "
+                "set data.init_args.skip_unreadable: true to leave unreadable images out"
+            )
+        total, skipped = len(dataset.samples), {path for path, _ in bad}
+        dataset.samples = [s for s in dataset.samples if s[0] not in skipped]
+        dataset.imgs = dataset.samples
+        dataset.targets = [target for _, target in dataset.samples]
+        log.warning(
+            f"{self.dataset_name}: skipped {len(bad):,} unreadable images of {total:,} (first: {first})"
+        )
 
 
 # --- scikit-learn digits -----------------------------------------------------------------------
@@ -264,6 +351,10 @@ class Digits(ImageDataModule):
         # Fixed, not arguments here: hparams must rebuild the datamodule.
         for name in ("root", "download"):
             self.hparams.pop(name, None)
+
+    def split_files(self, split: str) -> list[Path]:
+        """None: the digits ship inside scikit-learn, not in a folder of the user's."""
+        return []
 
     def _open(self, source: str, transform: Any) -> Dataset:
         return DigitsDataset(transform)

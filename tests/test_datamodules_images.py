@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -385,3 +386,21 @@ def test_real_cifar10_jpeg_test_split(tmp_path):
     assert len(loader.dataset) == 10_000 and len(loader) == 20
     x, y = next(iter(loader))
     assert x.shape == (500, 3, 32, 32) and y.tolist() == [0] * 500  # airplane comes first
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_extracted_idx_files_follow_the_umask(tmp_path, umask, mode):
+    # As a plain open(..., "wb") would create them, not a temporary file's private 0600.
+    make_mnist(tmp_path, "MNIST")
+    previous = os.umask(umask)
+    try:
+        MNIST(str(tmp_path)).setup("fit")
+    finally:
+        os.umask(previous)
+    raw = tmp_path / "MNIST" / "raw"
+    extracted = sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz"))
+    assert extracted == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    ]  # no temporary file left behind
+    assert {(raw / name).stat().st_mode & 0o777 for name in extracted} == {mode}
