@@ -7,6 +7,7 @@ Stack ``configs/logger/wandb.yaml`` on any experiment to use it::
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -105,6 +106,10 @@ class WandbLogger(_LightningWandbLogger):
       without ``dirpath`` writes ``checkpoints/``, and where genlit puts pictures and, with
       :class:`SaveConfigToRun`, ``config.yaml``. The paths of saved checkpoints go to the run
       summary (``checkpoints/last_path``, ``checkpoints/best_path``) when the run ends.
+    * Resume: ``genlit fit --ckpt_path last`` (or a checkpoint's path) continues the run whose
+      folder holds the checkpoint, under the same run id (:meth:`continue_from`); offline,
+      each resumed piece is one more ``offline-run-*-<id>`` folder, which ``wandb sync``
+      uploads in order into that one run.
 
     Args:
         name: Display name of the run.
@@ -175,11 +180,62 @@ class WandbLogger(_LightningWandbLogger):
         self._checkpointers: dict[int, ModelCheckpoint] = {}
         self._failures_reported: set[str] = set()
         self._sync_hint_shown = False
+        self._resumed = False
 
     @property
     def offline(self) -> bool:
         """Whether this run logs (or will log) offline, to be uploaded later with ``wandb sync``."""
         return self._mode == "offline"
+
+    @property
+    def version(self) -> str | None:
+        """The run id: the started run's, else the one given or found by :meth:`continue_from`."""
+        if self._resumed and not self._run_started:
+            return wandb_init_arguments(self)["id"]
+        return super().version
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this logger continues the run of an earlier ``fit`` (:meth:`continue_from`)."""
+        return self._resumed
+
+    def continue_from(self, checkpoint: str | Path) -> bool:
+        """Continues the W&B run that wrote ``checkpoint``, under its id, if it has not started.
+
+        The checkpoint belongs to a run of this logger when it lies in
+        ``<save_dir>/<project>/<id>/checkpoints/`` and ``<save_dir>/wandb`` holds W&B's folder of
+        run ``<id>``. The run then starts with that id and ``resume="allow"`` (online, W&B appends
+        to it; offline, ``wandb sync`` does), and :attr:`log_dir` is that run's folder again. Any
+        other checkpoint (a CSV or TensorBoard logger's, another project's, a ``dirpath`` of its
+        own), or a logger given another ``version``, keeps a new run.
+
+        Args:
+            checkpoint: The checkpoint the fit resumes from.
+
+        Returns:
+            Whether this logger now continues that run.
+        """
+        if self._run_started:
+            rank_zero_warn("W&B run already started: it cannot continue the checkpoint's run")
+            return False
+        if self.save_dir is None:
+            return False
+        folder = Path(checkpoint).resolve().parent
+        run_id = folder.parent.name
+        runs = Path(self.save_dir).resolve() / str(self.name)
+        if folder.name != "checkpoints" or folder.parent.parent != runs:
+            return False
+        if self.version not in (None, run_id):
+            return False
+        wandb_dir = Path(self.save_dir) / "wandb"
+        if not any(wandb_dir.glob(f"*run-*-{glob.escape(run_id)}")):  # offline-run-..., run-...
+            return False
+        init = wandb_init_arguments(self)
+        init["id"] = run_id
+        if init.get("resume") not in ("allow", "must"):
+            init["resume"] = "allow"
+        self._resumed = True
+        return True
 
     @property
     @rank_zero_experiment
@@ -202,11 +258,14 @@ class WandbLogger(_LightningWandbLogger):
                 break
             except Exception as err:  # noqa: BLE001 - no network, bad key, server down, full disk
                 if self._mode == "online":
+                    continued = f" as a new run, not run {init['id']}" if self._resumed else ""
                     _notice(
                         f"W&B could not start an online run ({_one_line(err)}); logging offline"
+                        f"{continued}"
                     )
                     # wandb keeps the failed run's id reserved in this process: it draws another.
                     init.update(mode="offline", id=None)
+                    self._resumed = False
                 elif self._mode == "offline":
                     rank_zero_warn(
                         f"W&B could not start an offline run ({_one_line(err)}); W&B is off"
@@ -297,6 +356,8 @@ class WandbLogger(_LightningWandbLogger):
             where = self.run_dir or os.path.join(
                 os.path.abspath(self.save_dir or "."), "wandb", "offline-run-*"
             )
+            if self._resumed and self.version:  # every piece of the run, in order
+                where = os.path.join(os.path.dirname(where), f"offline-run-*-{self.version}")
             _notice(f"W&B run saved offline; upload it with: wandb sync {where}")
 
 
@@ -311,6 +372,13 @@ class SaveConfigToRun(SaveConfigCallback):
     to the run's config, and a copy of ``config.yaml`` to the run's files:
     ``genlit fit --config config.yaml`` reruns the experiment.
 
+    A W&B run resumed under its own id (:meth:`WandbLogger.continue_from`) comes back to the
+    folder that holds the first ``fit``'s ``config.yaml``: that file is kept, and the resumed
+    ``fit``'s config goes next to it as ``config-resume-1.yaml`` (then ``-2``, ...), so every
+    command the run was trained with stays on record. Anywhere else an existing file stops the
+    run before training, as Lightning's callback does, unless ``overwrite`` is set; CSV and
+    TensorBoard runs resume into a new version folder and never meet one.
+
     Used as ``LightningCLI(save_config_callback=SaveConfigToRun)``; arguments as Lightning's.
     """
 
@@ -322,7 +390,12 @@ class SaveConfigToRun(SaveConfigCallback):
             folder = trainer.strategy.broadcast(str(images.run_dir(trainer)))
             path = os.path.join(folder, self.config_filename)
             exists = trainer.strategy.broadcast(trainer.is_global_zero and os.path.isfile(path))
-            if exists and not self.overwrite:
+            resumed = exists and trainer.strategy.broadcast(_resumes_run_in(trainer, folder))
+            if resumed and not self.overwrite:
+                path = trainer.strategy.broadcast(
+                    _next_free(path) if trainer.is_global_zero else ""
+                )
+            elif exists and not self.overwrite:
                 raise RuntimeError(
                     f"{path} exists: a run already saved its config there. Give the logger a new "
                     'version, or set `save_config_kwargs={"overwrite": True}`.'
@@ -357,3 +430,23 @@ class SaveConfigToRun(SaveConfigCallback):
                 if os.path.isdir(run.dir):  # a disabled run has none
                     # Files in the run's folder are uploaded with the run (or by `wandb sync`).
                     Path(run.dir, self.config_filename).write_text(text)
+
+
+def _resumes_run_in(trainer: Trainer, folder: str) -> bool:
+    """Whether a W&B logger of ``trainer`` continues the earlier run whose folder is ``folder``."""
+    return any(
+        isinstance(logger, WandbLogger)
+        and logger.resumed
+        and logger.log_dir is not None
+        and os.path.abspath(logger.log_dir) == os.path.abspath(folder)
+        for logger in trainer.loggers
+    )
+
+
+def _next_free(path: str) -> str:
+    """``config-resume-<n>.yaml`` next to ``config.yaml``, the first ``n`` not taken."""
+    stem, suffix = os.path.splitext(path)
+    n = 1
+    while os.path.exists(f"{stem}-resume-{n}{suffix}"):
+        n += 1
+    return f"{stem}-resume-{n}{suffix}"

@@ -1,4 +1,7 @@
-"""Ctrl-C or SIGTERM during ``fit``: finish the current step, save a resumable checkpoint, stop."""
+"""A ``last.ckpt`` that ``--ckpt_path last`` resumes: at the end of every fit, and on an interrupt.
+
+Ctrl-C or SIGTERM during ``fit`` finish the current step, save the checkpoint and stop.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -22,21 +27,78 @@ def checkpoint_dir(trainer: Trainer) -> Path:
     return Path(dirpath) if dirpath else run_dir(trainer) / "checkpoints"
 
 
-class ResumeOnInterrupt(Callback):
-    """Turns an interrupt into a clean stop with a checkpoint that ``--ckpt_path last`` resumes.
+def _last_path(trainer: Trainer, why: str) -> Path | None:
+    """``<checkpoint dir>/last.ckpt``, or ``None`` (with one line saying so) where none belongs."""
+    if trainer.fast_dev_run:  # a check of the code, not a run: Lightning writes nothing either
+        return None
+    if trainer.logger is None and trainer.checkpoint_callback is None:
+        # Without both, the folder would be the trainer's root: by default the current directory.
+        rank_zero_info(
+            f"genlit: {why}; no checkpoint folder (no logger, no ModelCheckpoint): "
+            "no last.ckpt written"
+        )
+        return None
+    return checkpoint_dir(trainer) / "last.ckpt"
 
-    SIGTERM (a scheduler's pre-emption, ``kill``) is caught by Lightning, which stops at the
-    end of the current training batch; the first Ctrl-C is routed the same way (a second one
-    aborts at once). Either way the state after the last whole step, both networks, optimizers,
-    counters, random states and data position included, is saved as ``last.ckpt`` in the
-    run's checkpoint folder. ``genlit fit`` adds this callback by itself.
+
+def _keeping_last_in(trainer: Trainer, folder: Path) -> list[ModelCheckpoint]:
+    """The ``save_last`` ModelCheckpoints that write into ``folder``."""
+    return [
+        c
+        for c in trainer.checkpoint_callbacks
+        if isinstance(c, ModelCheckpoint)
+        and c.save_last
+        and c.dirpath
+        and Path(c.dirpath).absolute() == folder.absolute()
+    ]
+
+
+def _holds_step(trainer: Trainer, path: Path) -> bool:
+    """Whether a ModelCheckpoint of this fit wrote ``path`` last, at the current global step."""
+    written = [c for c in _keeping_last_in(trainer, path.parent) if c.last_model_path]
+    if not any(Path(c.last_model_path).absolute() == path.absolute() for c in written):
+        return False
+    if not trainer.is_global_zero:  # rank zero wrote the file: its answer is broadcast
+        return False
+    try:
+        # mmap: only the few bytes of the counter are read, however large the networks.
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable (a weights-only file too): write a fresh one
+        return False
+    return saved.get("global_step") == trainer.global_step and "loops" in saved
+
+
+class ResumeOnInterrupt(Callback):
+    """Leaves a ``last.ckpt`` for ``--ckpt_path last``: at the end of every fit, on an interrupt.
+
+    * A fit that ends normally (its budget spent, or stopped early) saves the state after its
+      final step as ``last.ckpt`` in the run's checkpoint folder, unless a ``ModelCheckpoint``
+      already wrote that file at that step (``save_last``): configs whose checkpoints are tied
+      to validation epochs, or that keep no ``last.ckpt``, end with one all the same. It is
+      saved at the end of the last training epoch, where ``ModelCheckpoint`` saves too: a
+      checkpoint taken after the fit loop has closed its epoch would resume one epoch on
+      (other data, other counters). Only a stop decided later than that (``EarlyStopping``
+      on training-epoch metrics, ``max_time``) is saved at the end of training.
+    * SIGTERM (a scheduler's pre-emption, ``kill``) is caught by Lightning, which stops at the
+      end of the current training batch; the first Ctrl-C is routed the same way (a second
+      one aborts at once). The state after the last whole step is saved as ``last.ckpt``.
+
+    Either checkpoint holds both networks, optimizers, counters, random states and data
+    position. Nothing is written under ``fast_dev_run``, nor without a logger and a
+    ``ModelCheckpoint`` (the folder would be the current directory). Under DDP every rank
+    takes part in the save. ``genlit fit`` adds this callback by itself.
+
+    Attributes:
+        saved: The ``last.ckpt`` this callback wrote last, ``None`` before it wrote any.
     """
 
     def __init__(self) -> None:
         self._previous: Any = None
         self.saved: Path | None = None
+        self._saved_at: int | None = None  # the global step of the end-of-fit checkpoint
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._saved_at = None
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -55,16 +117,40 @@ class ResumeOnInterrupt(Callback):
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
 
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fit_loop.done:  # the fit ends with this epoch
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._saved_at != trainer.global_step:  # a stop decided after the epoch's end
+            self._save_last(trainer)
+
+    def _save_last(self, trainer: Trainer) -> None:
+        self._saved_at = trainer.global_step
+        path = _last_path(trainer, "fit finished")
+        if path is None or trainer.strategy.broadcast(_holds_step(trainer, path)):
+            return
+        trainer.save_checkpoint(path)  # a collective under DDP: every rank calls it
+        self.saved = path
+        for callback in _keeping_last_in(trainer, path.parent):
+            # Its own save at this epoch's end (it runs after this callback) then replaces the
+            # file instead of writing last-v1.ckpt next to it.
+            callback.last_model_path = str(path)
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_handler()
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
         self._restore_handler()
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             return
         if trainer.state.fn != "fit":
             return
-        path = checkpoint_dir(trainer) / "last.ckpt"
+        path = _last_path(trainer, f"interrupted at global step {trainer.global_step}")
+        if path is None:
+            return
         trainer.save_checkpoint(path)
         self.saved = path
         rank_zero_info(
