@@ -6,6 +6,8 @@ file gets the same one-line answer whichever command was given it.
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +17,55 @@ from torch import nn
 from genlit.errors import GenlitError
 from genlit.models.base import GenerativeModel
 
+TRUST_FLAG = "--trust_checkpoint"
+"""The opt-in of ``genlit fit``, ``sample`` and ``evaluate`` to unpickle a trusted file in full."""
 
-def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+
+def _unsafe_reason(err: Exception) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused to unpickle, or None for another failure."""
+    message = str(err)
+    refused = isinstance(err, pickle.UnpicklingError) and message.startswith("Weights only load")
+    if not refused:
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", message)  # "... unsupported GLOBAL posix.system ..."
+    if found:
+        return f"the function or class {found.group(1)}"
+    for line in message.splitlines():
+        if line.startswith("Unsupported"):  # a pickle no torch.save wrote ("Unsupported operand")
+            return line.strip()
+    return "an object that is not a tensor or a plain container"
+
+
+def read_checkpoint(
+    path: str | Path, map_location: str = "cpu", trust_checkpoint: bool = False
+) -> dict[str, Any]:
     """Loads a checkpoint's dict, or fails in one line.
 
+    A checkpoint is data: it is unpickled with ``weights_only=True`` (tensors and plain
+    containers, what genlit writes), so a crafted file cannot run code by being named.
+
+    Args:
+        path: The ``.ckpt`` file.
+        map_location: Where the tensors go.
+        trust_checkpoint: Unpickle everything (``weights_only=False``): only for a file from
+            someone you trust, since unpickling can run code the file carries.
+
     Raises:
-        GenlitError: missing, truncated or not a Lightning checkpoint.
+        GenlitError: missing, truncated, not a Lightning checkpoint, or holding more than data.
     """
     path = Path(path)
     if not path.is_file():
         raise GenlitError(f"checkpoint {path} does not exist: check the path")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=not trust_checkpoint)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        unsafe = _unsafe_reason(err)
+        if unsafe is not None:
+            raise GenlitError(
+                f"checkpoint {path} holds more than tensors and plain containers ({unsafe}), and "
+                f"unpickling it could run code it carries: only if you trust who wrote it, give "
+                f"{TRUST_FLAG} (in Python: weights_only=False)"
+            ) from None
         reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
         raise GenlitError(
             f"checkpoint {path} cannot be read ({reason}): the file is truncated or not a "
@@ -112,21 +150,31 @@ def check_weights_fit(path: str | Path, checkpoint: dict[str, Any], model: nn.Mo
             )
 
 
-def load_model(ckpt: str | Path, map_location: str = "cpu") -> GenerativeModel:
+def load_model(
+    ckpt: str | Path, map_location: str = "cpu", trust_checkpoint: bool = False
+) -> GenerativeModel:
     """Rebuilds a model, in eval mode, from a checkpoint written by ``genlit fit``.
 
+    Args:
+        ckpt: The ``.ckpt`` file.
+        map_location: Where the weights go.
+        trust_checkpoint: Unpickle everything (see :func:`read_checkpoint`).
+
     Raises:
-        GenlitError: the file is missing, truncated, or not a genlit checkpoint.
+        GenlitError: the file is missing, truncated, not a genlit checkpoint, or holds more
+            than data (without ``trust_checkpoint``).
     """
     path = Path(ckpt)
-    checkpoint = read_checkpoint(path, map_location)
+    checkpoint = read_checkpoint(path, map_location, trust_checkpoint)
     if "_class_path" not in (checkpoint.get("hyper_parameters") or {}):
         raise GenlitError(
             f"checkpoint {path} was not written by `genlit fit` (no model config inside): "
             "load it in Python with YourModel.load_from_checkpoint(path, generator=..., ...)"
         )
     try:
-        model = GenerativeModel.load_from_checkpoint(path, map_location=map_location)
+        model = GenerativeModel.load_from_checkpoint(
+            path, map_location=map_location, weights_only=not trust_checkpoint
+        )
     except Exception as err:  # noqa: BLE001
         raise GenlitError(f"checkpoint {path} does not match its model config: {err}") from None
     return model.eval()
