@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -14,29 +15,73 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import datamodules.images  # noqa: F401 - registers the datamodules for short names
 import datamodules.toy  # noqa: F401
 import genlit.callbacks  # noqa: F401 - registers the callbacks for short names
+import genlit.networks.autoencoders  # noqa: F401 - registers the networks for short names
+import genlit.networks.dcgan  # noqa: F401 - (--model.generator.help DCGANGenerator)
+import genlit.networks.mlp  # noqa: F401
 from datamodules.images import DatasetNotFoundError
 from genlit import _compat
 from genlit._compat import KeepConfigModelOnResume
-from genlit.callbacks import ResumeOnInterrupt, RunSummary
+from genlit.budget import winning_budget
+from genlit.callbacks import Curves, ResumeOnInterrupt, RunSummary
+from genlit.callbacks.first_batch import FirstBatchCheck
 from genlit.callbacks.interrupt import checkpoint_dir
+from genlit.callbacks.progress import with_progress_bar
+from genlit.callbacks.schedule import GeneratorStepAxis
+from genlit.checkpoint_io import AtomicCheckpointIO
 from genlit.checkpoints import check_same_architecture, check_weights_fit, read_checkpoint
 from genlit.config_errors import explain
+from genlit.console import quiet_lightning_tips
 from genlit.errors import GenlitError
 from genlit.evaluate import evaluate_main
-from genlit.loggers import SaveConfigToRun
+from genlit.loggers import SaveConfigToRun, WandbLogger
 from genlit.models import GenerativeModel
 from genlit.sample import sample_main
 
 
 class GenlitArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are one line and exit code 2."""
+    """LightningArgumentParser named ``genlit``, whose errors are one line and exit code 2.
+
+    Every parser of the command is one (jsonargparse builds the ``--*.help CLASS`` parsers
+    with the type of the parser they come from), so every usage line says ``genlit``, also
+    under ``python -m genlit``, where ``sys.argv[0]`` is ``__main__.py``.
+    """
+
+    class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+        """jsonargparse's help, with the line breaks of the description and epilog kept."""
+
+    main_description = "Generative models (GAN, WGAN, AE, VAE, WAE) with PyTorch Lightning."
+    other_subcommands = """\
+more subcommands (not LightningCLI's; each has its own --help):
+    sample              Draw samples from a checkpoint written by genlit fit:
+                        genlit sample --ckpt PATH --n 64 --out grid.png
+    evaluate            FID and KID of a checkpoint's samples, or of a folder of
+                        images, against the real images of a config's datamodule:
+                        genlit evaluate --ckpt PATH --config CONFIG
+"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not args:  # argparse's first positional argument is prog
+            kwargs.setdefault("prog", "genlit")
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def main_parser_kwargs(cls) -> dict[str, Any]:
+        """LightningCLI's ``parser_kwargs`` of the top-level parser (``genlit --help``)."""
+        return {
+            "description": cls.main_description,
+            "epilog": cls.other_subcommands,
+            "formatter_class": cls.HelpFormatter,
+        }
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("GENLIT_DEBUG"):
@@ -54,6 +99,9 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        args = kwargs.get("args")
+        self.argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        """The command line as given, to tell which budget came last (see :mod:`genlit.budget`)."""
         kwargs.setdefault("parser_kwargs", {})
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         super().__init__(
@@ -73,6 +121,15 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
             default=None,
             help="Training budget in generator steps (overrides trainer.max_steps).",
         )
+        parser.add_argument(
+            "--trust_checkpoint",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="Unpickle --ckpt_path in full (weights_only=False): only for a file from someone "
+            "you trust, since unpickling can run code it carries.",
+        )
 
     def check_resume_checkpoint(self) -> None:
         """Checks ``--ckpt_path`` before anything is built: readable, and of the config's model.
@@ -87,7 +144,8 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if ckpt_path is None or ckpt_path in ("last", "best", "hpc", "registry"):
             return
-        checkpoint = read_checkpoint(ckpt_path)
+        trusted = self.trusts_checkpoint(self.config[subcommand])
+        checkpoint = read_checkpoint(ckpt_path, trust_checkpoint=trusted)
         model = self.config[subcommand]["model"]
         config = model.as_dict() if hasattr(model, "as_dict") else dict(model)
         check_same_architecture(ckpt_path, checkpoint, _import_class(config.get("class_path", "")), config)
@@ -120,26 +178,82 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
         if strategy == "ddp" and getattr(self.model, "ddp_find_unused_parameters", False):
             # A two-network model leaves one network without gradient in each phase.
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
+        plugins = kwargs.get("plugins", config.get("trainer", {}).get("plugins")) or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            # Written next to the target and renamed: atomic wherever $TMPDIR is.
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer_config = config.get("trainer", {})
+        kwargs.setdefault("callbacks", with_progress_bar(
+            trainer_config.get("callbacks"), trainer_config.get("enable_progress_bar")))
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.extend([RunSummary(), ResumeOnInterrupt()])
+        if trainer.fast_dev_run:
+            # A check of the code, not a run: no logger, so a ModelCheckpoint's save_last would
+            # write into the current directory (Lightning saves it at the end even then).
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        trainer.callbacks.extend(
+            [GeneratorStepAxis(), RunSummary(), ResumeOnInterrupt(), Curves(), FirstBatchCheck()]
+        )
         return trainer
 
     def before_fit(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_writable(self.trainer)
         ckpt_path = config.get("ckpt_path")
+        trusted = self.trusts_checkpoint(config)
+        self.config_init[self.subcommand]["weights_only"] = not trusted  # Lightning's own load
         if ckpt_path is not None:
             path = find_last_checkpoint(self.trainer) if ckpt_path == "last" else Path(ckpt_path)
-            check_weights_fit(path, read_checkpoint(path), self.model)
+            check_weights_fit(path, read_checkpoint(path, trust_checkpoint=trusted), self.model)
             self.config_init[self.subcommand]["ckpt_path"] = str(path)
             print(f"genlit: resuming from {path}", flush=True)
+            # Before the W&B run starts (Lightning starts it in setup): it can take the id over.
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger) and logger.continue_from(path):
+                    print(f"genlit: continuing W&B run {logger.version}", flush=True)
+        self.apply_budget(config)
+
+    def before_validate(self) -> None:
+        self._load_weights_only()
+
+    def before_test(self) -> None:
+        self._load_weights_only()
+
+    def _load_weights_only(self) -> None:
+        config = self.config[self.subcommand]
+        self.config_init[self.subcommand]["weights_only"] = not self.trusts_checkpoint(config)
+
+    @staticmethod
+    def trusts_checkpoint(config: Any) -> bool:
+        """Whether the resumed checkpoint may be unpickled in full (it could run code it carries).
+
+        Only on request: ``--trust_checkpoint`` (or Lightning's own ``--weights_only=false``);
+        otherwise every read, genlit's checks and Lightning's restore, is ``weights_only=True``.
+        """
+        return bool(config.get("trust_checkpoint")) or config.get("weights_only") is False
+
+    def apply_budget(self, config: Any) -> None:
+        """Applies the budget given last: ``generator_steps`` or Lightning's own keys.
+
+        ``--trainer.fast_dev_run`` always wins (it is a check, not a budget).
+        """
         steps = config.get("generator_steps")
-        if steps is None:
-            return
-        if steps < 1:
+        if steps is not None and steps < 1:
             raise GenlitError(f"generator_steps must be >= 1, got {steps}")
+        if steps is None or self.trainer.fast_dev_run:
+            return
+        last = winning_budget(self.argv)
+        per_step = self.model.optimizer_steps_per_generator_step
+        if last is not None and last.key != "generator_steps":
+            unit = ""
+            if last.key == "trainer.max_steps":
+                unit = f" optimizer steps = {int(last.value) // per_step} generator steps"
+            if self.trainer.is_global_zero:
+                print(f"genlit: budget {last.key}={last.value}{unit} from {last.source} (given "
+                      f"after generator_steps={steps}, which is ignored)", flush=True)
+            return
         fit_loop = self.trainer.fit_loop
-        fit_loop.epoch_loop.max_steps = steps * self.model.optimizer_steps_per_generator_step
+        fit_loop.epoch_loop.max_steps = steps * per_step
         if config["trainer"].get("max_epochs") is None:
             fit_loop.max_epochs = -1
 
@@ -173,8 +287,10 @@ def check_writable(trainer: Trainer) -> None:
 def find_last_checkpoint(trainer: Trainer) -> Path:
     """The newest ``last*.ckpt`` of this experiment, whichever run (logger version) wrote it.
 
-    Resuming then logs into a new version folder, so nothing the interrupted run wrote is
-    overwritten.
+    Every ``genlit fit`` leaves one (``ResumeOnInterrupt``). Resuming with a CSV or TensorBoard
+    logger then logs into a new version folder, so nothing the interrupted run wrote is
+    overwritten; a W&B logger continues the run the checkpoint belongs to, under its run id
+    (``WandbLogger.continue_from``).
 
     Raises:
         GenlitError: when there is none.
@@ -221,19 +337,31 @@ def main(args: list[str] | None = None) -> None:
     ``genlit sample --ckpt PATH --n 64 --out grid.png`` draws from a checkpoint; every other
     subcommand (``fit``, ``validate``, ``test``, ``predict``) goes to LightningCLI.
     """
+    from datamodules.images import DataError
+    from genlit.config_errors import check_config_files
+
     argv = sys.argv[1:] if args is None else list(args)
     _quiet_known_warnings()
+    quiet_lightning_tips()
     _compat.skip_failing_nvml_probe()
     try:
+        if argv[:1] == ["predict"]:
+            raise GenlitError(
+                "genlit predict has nothing to predict for a generative model: draw samples with "
+                "genlit sample --ckpt PATH --n N --out DIR/ (or .png, .npz)"
+            )
         if argv[:1] == ["sample"]:
             sample_main(argv[1:])
         elif argv[:1] == ["evaluate"]:
             evaluate_main(argv[1:])
         else:
-            GenlitCLI(args=args)  # None: LightningCLI reads sys.argv itself
+            # jsonargparse reports a bad YAML file without its name; read them first.
+            check_config_files(argv)
+            # args None: LightningCLI reads sys.argv itself
+            GenlitCLI(args=args, parser_kwargs=GenlitArgumentParser.main_parser_kwargs())
     except SIGTERMException:
         sys.exit(143)  # stopped by a signal; ResumeOnInterrupt said where the checkpoint is
-    except (GenlitError, DatasetNotFoundError) as err:
+    except (GenlitError, DatasetNotFoundError, DataError) as err:
         if os.environ.get("GENLIT_DEBUG"):
             raise
         sys.stderr.write(f"genlit: error: {err}\n")

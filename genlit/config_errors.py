@@ -1,4 +1,8 @@
-"""Turns jsonargparse's nested error report into one line: the key, the problem, the choices."""
+"""Turns jsonargparse's nested error report into one line: the key, the problem, the choices.
+
+Config files are read here first (:func:`check_config_files`): a YAML error then names the
+file and its line, which jsonargparse's report of a string it could not parse leaves out.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import difflib
 import importlib
 import inspect
 import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 
+from genlit.errors import GenlitError
 from genlit.models.base import GenerativeModel
 
 _GENERIC = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
@@ -85,3 +93,58 @@ def explain(message: str) -> str:
         return f'unknown key "{m.group(1).lstrip("-").split("=")[0]}": check its spelling against --help'
     cause = re.sub(r"\s+", " ", cause)
     return f"{key}: {cause}" if key and not cause.startswith("Parser key") else cause
+
+
+_KINDS = {list: "a list", str: "a single string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of keys a YAML config file holds.
+
+    Raises:
+        GenlitError: the file cannot be read, is not YAML (naming its line and the problem), is
+            empty, or holds something other than a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise GenlitError(f"cannot read config {path}: {reason}") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        lines = str(err).strip().splitlines()
+        problem = getattr(err, "problem", None) or (lines[0] if lines else type(err).__name__)
+        raise GenlitError(f"{path}{where}: {problem}") from None
+    if config is None:
+        raise GenlitError(f"{path} is empty: a config is a YAML mapping of keys")
+    if not isinstance(config, dict):
+        kind = _KINDS.get(type(config), type(config).__name__)
+        raise GenlitError(f"{path} holds {kind}, not a mapping of keys (model:, data:, trainer:)")
+    return config
+
+
+def config_paths(argv: Sequence[str]) -> list[str]:
+    """The values of every ``--config``/``-c`` in ``argv`` that name an existing file."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith(("--config=", "-c=")):
+            values.append(arg.split("=", 1)[1])
+    return [value for value in values if Path(value).is_file()]
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Reads every config file named in ``argv`` before LightningCLI does (see the module).
+
+    Raises:
+        GenlitError: as :func:`load_config_file`.
+    """
+    for path in config_paths(argv):
+        load_config_file(path)

@@ -145,6 +145,11 @@ def evaluate(
                 distances.update(batch.to(device))
                 n += len(batch)
             source = source or str(images)
+    if n < 2:
+        what = f"{images} holds {n} image" if model is None else f"{n} sample"
+        raise GenlitError(
+            f"{what}: FID compares two covariance matrices, which need at least 2 images each"
+        )
     values = distances.compute()
     return Evaluation(
         fid=values["fid"],
@@ -241,17 +246,32 @@ def evaluate_main(argv: list[str]) -> None:
         "--device", default="auto", help="cpu, cuda, ... (default: cuda when available)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
+    parser.add_argument(
+        "--trust_checkpoint",
+        action="store_true",
+        help="unpickle the checkpoint in full (weights_only=False): only for a file from "
+        "someone you trust, since unpickling can run code it carries",
+    )
     args, overrides = parser.parse_known_args(argv)
     unknown = [a for a in overrides if a.startswith("--") and not a.startswith("--data.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.batch_size < 1:
+        raise GenlitError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.num_samples is not None and args.num_samples < 2:
+        raise GenlitError(
+            f"--num_samples must be >= 2, got {args.num_samples}: FID compares two covariance "
+            "matrices, which need at least 2 images each"
+        )
 
-    import yaml
+    from genlit.config_errors import load_config_file
+    from genlit.metrics.fid import default_cache_dir
+    from genlit.sample import check_device, check_writable
 
     config_path = Path(args.config)
     if not config_path.is_file():
         raise GenlitError(f"config {config_path} does not exist")
-    config = yaml.safe_load(config_path.read_text()) or {}
+    config = load_config_file(config_path)
     if "data" not in config:
         raise GenlitError(f"config {config_path} has no data section to take the real images from")
     settings = _config_fid_settings(config)
@@ -259,11 +279,16 @@ def evaluate_main(argv: list[str]) -> None:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_device(device)
+    cache_dir = args.cache_dir or settings.get("cache_dir")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if not cache.is_dir():  # an existing folder may be read-only and hold the statistics
+        check_writable(cache, folder=True, flag="--cache_dir")
     model = None
     if args.ckpt:
         from genlit.checkpoints import load_model
 
-        model = load_model(args.ckpt)
+        model = load_model(args.ckpt, trust_checkpoint=args.trust_checkpoint)
     num_samples = args.num_samples or settings.get("num_samples", 10000)
     if args.images and args.num_samples is None:
         num_samples = None  # a folder: all of its images
@@ -278,7 +303,7 @@ def evaluate_main(argv: list[str]) -> None:
         kid_subsets=settings.get("kid_subsets", 100),
         kid_subset_size=settings.get("kid_subset_size", 1000),
         weights_path=args.weights_path or settings.get("weights_path"),
-        cache_dir=args.cache_dir or settings.get("cache_dir"),
+        cache_dir=cache_dir,
         batch_size=args.batch_size,
         device=device,
         seed=args.seed,

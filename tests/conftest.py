@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,3 +69,48 @@ def skip_md5(monkeypatch):
     monkeypatch.setattr(torchvision.datasets.celeba, "check_integrity", exists)
 
 
+
+
+# What importing does, measured in a new interpreter. Lightning goes first: it sets
+# PYTORCH_NVML_BASED_CUDA_CHECK when first imported, and its torchmetrics loads
+# torchmetrics.image; what is measured after it is what genlit's own modules do.
+FRESH_IMPORT = """\
+import json, os, sys, warnings
+import lightning.pytorch
+env, filters = dict(os.environ), list(warnings.filters)
+before = set(sys.modules)
+import genlit.models
+added, after_models = sorted(set(sys.modules) - before), sorted(sys.modules)
+import genlit.metrics as metrics
+first = 'genlit.metrics.fid' in sys.modules or 'genlit.metrics.features' in sys.modules
+metrics.FeatureDistances
+then = 'genlit.metrics.fid' in sys.modules
+import genlit, genlit.models, genlit.callbacks, genlit.cli, genlit.loggers, genlit.metrics
+import genlit.metrics.fid, datamodules.images, datamodules.toy
+changed = sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k))
+print(json.dumps({
+    "models_added": added, "after_models": after_models, "first": first, "then": then,
+    "env": changed, "filters": len(warnings.filters) - len(filters),
+    "same": warnings.filters[-len(filters):] == filters if filters else True,
+}))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh_import() -> dict:
+    """One new interpreter's record of :data:`FRESH_IMPORT`, in the order it imports:
+
+    - ``models_added``, ``after_models``: the modules ``import genlit.models`` added after
+      Lightning, and every module loaded then;
+    - ``first``, ``then``: whether the FID stack was loaded before and after asking
+      ``genlit.metrics`` for ``FeatureDistances``;
+    - ``env``, ``filters``, ``same``: the environment variables changed, the warning filters
+      added, and whether the earlier filters survived, once every genlit module is imported.
+
+    Its readers are marked ``xdist_group("fresh_import")``: one worker, one interpreter.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_IMPORT], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

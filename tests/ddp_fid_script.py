@@ -1,9 +1,11 @@
-"""FID callback under DDP on a fixed bank of images: run by tests/test_ddp.py.
+"""FID callback under DDP on a fixed bank of images, for tests/test_ddp.py.
 
     python tests/ddp_fid_script.py DEVICES CACHE_DIR
 
 Each rank's model returns its contiguous share of one fixed bank of 300 images, so one process
-and two processes measure exactly the same set; rank 0 prints ``FID=<value> KID=<value>``.
+and two processes measure exactly the same set. tests/ddp_launch.py calls :func:`measure` with
+two processes, tests/test_ddp.py with one; run as a script, rank 0 prints
+``FID=<value> KID=<value>``.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class Bank(GenerativeModel):
         return images
 
 
-if __name__ == "__main__":
-    devices, cache = int(sys.argv[1]), sys.argv[2]
+def measure(devices: int, cache: str) -> tuple[float, float] | None:
+    """FID and KID of the bank against the digits' training split; None on ranks other than 0."""
     trainer = Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
         logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
@@ -54,6 +56,13 @@ if __name__ == "__main__":
                        kid_subsets=10, kid_subset_size=100, cache_dir=cache)],
     )
     trainer.validate(Bank(), datamodule=Digits(image_size=16, batch_size=64, val_fraction=0.1))
-    if trainer.is_global_zero:
-        metrics = trainer.callback_metrics
-        print(f"FID={float(metrics['val/fid']):.6f} KID={float(metrics['val/kid_mean']):.6f}")
+    if not trainer.is_global_zero:
+        return None
+    metrics = trainer.callback_metrics
+    return float(metrics["val/fid"]), float(metrics["val/kid_mean"])
+
+
+if __name__ == "__main__":
+    values = measure(int(sys.argv[1]), sys.argv[2])
+    if values is not None:
+        print(f"FID={values[0]:.6f} KID={values[1]:.6f}")

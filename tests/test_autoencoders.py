@@ -28,14 +28,6 @@ from genlit.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 LATENT = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sgd(params):
     return torch.optim.SGD(params, lr=0.05)
 

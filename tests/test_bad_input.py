@@ -89,7 +89,7 @@ def test_mistake_is_one_line_and_loses_nothing(mistake, earlier_run, tmp_path, c
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", config, *args, *QUIET])
-    assert exit_info.value.code not in (0, None)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("genlit: error:")]
     assert len(lines) == 1, err

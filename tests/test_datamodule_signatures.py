@@ -279,7 +279,7 @@ def test_toy_training_raises_no_iterable_dataset_warning(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, GaussianRing(batch_size=16, samples_per_epoch=48))
-    assert trainer.num_training_batches == 3 and model.generator_updates > 0
+    assert trainer.num_training_batches == 3 and model.generator_updates == 3  # k = 1: one per batch
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "IterableDataset" in m or "__len__" in m], messages
 

@@ -9,48 +9,44 @@ import sys
 from pathlib import Path
 
 import pytest
+from ddp_launch import CASES
 
 REPO = Path(__file__).resolve().parents[1]
-DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-       "--trainer.enable_progress_bar=false"]
-
-CASES = {
-    # Toy epochs of 8 batches: the mode metrics run (each rank its share, gathered) after epoch 1.
-    "gan": ("configs/toy/ring_nsgan.yaml", ["--generator_steps=10", "--data.init_args.samples_per_epoch=2048",
-                                             "--trainer.check_val_every_n_epoch=1"]),
-    "wgan_gp": ("configs/toy/ring_wgan_gp.yaml", ["--generator_steps=3", "--data.init_args.samples_per_epoch=2048",
-                                                   "--trainer.check_val_every_n_epoch=1"]),
-    "vae": ("configs/digits/vae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
-    "wae_gan": ("configs/digits/wae_gan.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
-}
+# Both tests read the one launch of tests/ddp_launch.py: keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("ddp")
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_plain_ddp_trains_two_network_models(case, tmp_path):
-    config, extra = CASES[case]
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> tuple[dict[str, str], str, Path]:
+    """``({run: its rank-0 stdout}, stderr, folder)`` of the one DDP launch."""
+    out = tmp_path_factory.mktemp("ddp")
     result = subprocess.run(
-        [sys.executable, "-m", "genlit", "fit", "--config", config, *DDP, *extra,
-         f"--trainer.logger.init_args.save_dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [sys.executable, "tests/ddp_launch.py", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "unused" not in result.stderr
-    assert "Starting with 2 processes" in result.stderr + result.stdout
-    assert "finished at global step" in result.stdout
-    if case == "gan":
-        assert re.search(r"val/modes\s+\d", result.stdout), result.stdout
+    sections = dict(part.split("\n", 1) for part in result.stdout.split("=== ")[1:])
+    return sections, result.stderr, out
 
 
-def test_fid_under_ddp_equals_one_process(tmp_path):
-    values = {}
-    for devices in (1, 2):
-        result = subprocess.run(
-            [sys.executable, "tests/ddp_fid_script.py", str(devices), str(tmp_path / "cache")],
-            cwd=REPO, capture_output=True, text=True, timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        fid, kid = re.search(r"FID=(\S+) KID=(\S+)", result.stdout).groups()
-        values[devices] = (float(fid), float(kid))
+def test_plain_ddp_trains_two_network_models(ddp_runs):
+    sections, err, _ = ddp_runs
+    assert list(sections) == [*CASES, "fid"]
+    assert "unused" not in err
+    assert "Starting with 2 processes" in err + "".join(sections.values())
+    for case in CASES:
+        assert "finished at global step" in sections[case], (case, sections[case][-2000:])
+        assert "ranks: 2 (DDPStrategy)" in sections[case], (case, sections[case][-2000:])
+    assert re.search(r"val/modes\s+\d", sections["gan"]), sections["gan"]
+
+
+def test_fid_under_ddp_equals_one_process(ddp_runs):
+    from ddp_fid_script import measure
+
+    sections, err, out = ddp_runs
+    fid, kid = re.search(r"FID=(\S+) KID=(\S+)", sections["fid"]).groups()
+    values = {2: (float(fid), float(kid))}
+    values[1] = measure(1, str(out / "fid_cache"))  # one process, this one, on the cached reference
     assert values[1][0] > 1.0  # a real distance, not a degenerate zero
     assert values[2][0] == pytest.approx(values[1][0], rel=1e-4)
     # KID averages over random subsets, and the gathered features come in another order: the

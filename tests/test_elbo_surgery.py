@@ -14,14 +14,6 @@ from genlit.models import VAE
 from genlit.networks.autoencoders import MLPDecoder, MLPEncoder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _normal_logpdf(z: torch.Tensor, mean: float, log_var: float) -> torch.Tensor:
     return -0.5 * ((z - mean) ** 2 / math.exp(log_var) + log_var + math.log(2 * math.pi))
 

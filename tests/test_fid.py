@@ -14,11 +14,13 @@ from torch import nn
 
 from datamodules.images import Digits
 from genlit.callbacks import FID
+from genlit.callbacks._rng import seeded
 from genlit.cli import main
 from genlit.metrics.features import FeatureExtractor, load_features
 from genlit.metrics.fid import (
     FeatureDistances,
     ReferenceStats,
+    generate_into,
     real_batches,
     reference_key,
     reference_path,
@@ -128,6 +130,12 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     far = fid_of(real, other + 1.0, kid=True, kid_subset_size=200, kid_subsets=50)
     assert near["kid_std"] > 0 and abs(near["kid_mean"]) < 3 * near["kid_std"]
     assert far["kid_mean"] > 10 * far["kid_std"] > 0
+    # The population value, with k(x, y) = (x.y / d + 1)^3 and T = x.y for x ~ N(a, I),
+    # y ~ N(b, I): E T = a.b = m, E T^2 = m^2 + |a|^2 + |b|^2 + d,
+    # E T^3 = m^3 + 3 m (|a|^2 + |b|^2 + d) + 6 m. In d = 8, N(0, I) against N(1, I):
+    # E k(x, x') = 1 + 3/8, E k(y, y') = 1136/512 + 3 * 88/64 + 3 + 1, E k(x, y) = 3 * 16/64 + 1.
+    mmd2 = (1 + 3 / 8) + (1136 / 512 + 3 * 88 / 64 + 3 + 1) - 2 * (3 * 16 / 64 + 1)  # 8.21875
+    assert abs(far["kid_mean"] - mmd2) < 2 * far["kid_std"], (far, mmd2)
 
 
 def test_kid_over_whole_sets_is_torchmetrics_polynomial_mmd():
@@ -319,7 +327,17 @@ def test_the_callback_logs_fid_and_kid_at_validation_and_the_checkpoint_keeps_th
     metrics = trainer.callback_metrics
     assert {"val/fid", "val/kid_mean", "val/kid_std", "val/fid_num_samples"} <= set(metrics)
     assert float(metrics["val/fid_num_samples"]) == 180  # as many samples as real val images
-    assert float(metrics["val/fid"]) > 0 and float(metrics["val/fid"]) == callback.last["fid"]
+    assert float(metrics["val/fid"]) == callback.last["fid"]
+    # The same number from scratch: the val split's statistics (not the cached file), the final
+    # weights, the callback's seeded noise; a wrong split, sample count or noise would differ.
+    model = trainer.lightning_module
+    distances = FeatureDistances(load_features("digits"), (1, 16, 16), kid=False)
+    real = Digits(image_size=16, batch_size=32, val_fraction=0.1)
+    distances.set_reference(reference_statistics(real, "val", distances, tmp_path / "recomputed"))
+    assert distances.reference.num_samples == 180
+    with seeded(model.device, callback.seed):
+        generate_into(distances, model.sample, 180, callback.batch_size)
+    torch.testing.assert_close(float(metrics["val/fid"]), distances.compute()["fid"], rtol=1e-6, atol=0)
     checkpoint = trainer.checkpoint_callback
     assert checkpoint.best_model_path and float(checkpoint.best_model_score) == callback.last["fid"]
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()

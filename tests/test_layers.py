@@ -8,8 +8,7 @@ lazily inside a function (the way a cycle hides).
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -30,27 +29,11 @@ ABOVE_METRICS = (
 ABOVE_NETWORKS = ("genlit.metrics", *ABOVE_METRICS, "lightning", "pytorch_lightning")
 
 
-def fresh_modules(code: str) -> dict:
-    """Runs ``code`` in a new interpreter; it prints a JSON object, returned here."""
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def test_importing_the_models_leaves_the_fid_stack_and_the_callbacks_out():
-    # Lightning itself imports torchmetrics, whose __init__ loads torchmetrics.image (for its
-    # deprecated root-level image metrics): what genlit adds is measured against that.
-    loaded = fresh_modules(
-        "import json, sys\n"
-        "import lightning.pytorch\n"
-        "before = set(sys.modules)\n"
-        "import genlit.models\n"
-        "added = sorted(set(sys.modules) - before)\n"
-        "print(json.dumps({'added': added, 'all': sorted(sys.modules)}))\n"
-    )
-    added, everything = loaded["added"], set(loaded["all"])
+# fresh_import (conftest.py): a new interpreter imported Lightning, then genlit.models (which
+# imports the genlit.metrics package), then asked genlit.metrics for the FID stack.
+@pytest.mark.xdist_group("fresh_import")
+def test_importing_the_models_leaves_the_fid_stack_and_the_callbacks_out(fresh_import):
+    added, everything = fresh_import["models_added"], set(fresh_import["after_models"])
     assert "genlit.models.vae" in added  # the VAE, which uses elbo_surgery, was imported
     assert "genlit.metrics.elbo" in added
     for module in ("genlit.metrics.fid", "genlit.metrics.features", "genlit.callbacks"):
@@ -60,15 +43,11 @@ def test_importing_the_models_leaves_the_fid_stack_and_the_callbacks_out():
     assert not [m for m in added if m.startswith("torch_fidelity")]
 
 
-def test_the_metrics_package_loads_the_fid_stack_only_when_asked():
-    loaded = fresh_modules(
-        "import json, sys\n"
-        "import genlit.metrics as metrics\n"
-        "first = 'genlit.metrics.fid' in sys.modules or 'genlit.metrics.features' in sys.modules\n"
-        "metrics.FeatureDistances\n"
-        "print(json.dumps({'first': first, 'then': 'genlit.metrics.fid' in sys.modules}))\n"
-    )
-    assert loaded == {"first": False, "then": True}
+@pytest.mark.xdist_group("fresh_import")
+def test_the_metrics_package_loads_the_fid_stack_only_when_asked(fresh_import):
+    # The package was imported (by genlit.models) before `first` was read.
+    assert "genlit.metrics" in fresh_import["models_added"]
+    assert {k: fresh_import[k] for k in ("first", "then")} == {"first": False, "then": True}
 
     import genlit.metrics
     from genlit.metrics import fid
@@ -164,15 +143,13 @@ def test_the_shipped_weights_load_into_the_classifier_network_with_its_parameter
     )
 
 
-def test_the_feature_training_script_lives_with_the_scripts_and_runs():
+def test_the_feature_training_script_lives_with_the_scripts_and_runs(monkeypatch, capsys):
     assert not (GENLIT / "metrics" / "train_features.py").exists()
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train_features.py"), "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "python scripts/train_features.py" in done.stdout
-    assert "{digits,fashion_mnist,mnist}" in done.stdout
+    script = REPO / "scripts" / "train_features.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")  # as `python scripts/train_features.py`
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "python scripts/train_features.py" in out
+    assert "{digits,fashion_mnist,mnist}" in out

@@ -69,6 +69,25 @@ class GenerativeModel(LightningModule):
         """
         self._rng_to_restore: dict[str, Any] | None = None
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, reading only tensors and plain containers.
+
+        A checkpoint is data: unpickling anything else could run code the file carries. Pass
+        ``weights_only=False`` only for a file from someone you trust.
+        """
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
+
     def _save_init_arguments(self, frame: Any) -> None:
         # The arguments of every __init__ up the subclass chain; networks and factories are not
         # data (modules are in the state dict, callables would be pickled).
@@ -246,6 +265,10 @@ class GenerativeModel(LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         # Sample-based metrics live in callbacks (they need only ``sample``); the loop must still
         # run for their ``on_validation_epoch_end`` hooks to fire.
+        return None
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        # As validation: ``genlit test`` runs the loop so the FID callback logs ``test/fid``.
         return None
 
 

@@ -1,0 +1,67 @@
+"""Every DDP run of tests/test_ddp.py in one launch of two CPU processes (gloo).
+
+    python tests/ddp_launch.py OUT_DIR
+
+Each family trains in turn through the genlit command with plain ``--trainer.strategy=ddp``,
+then the FID callback measures the fixed bank of tests/ddp_fid_script.py. Lightning starts the
+second rank once, re-running this script with ``LOCAL_RANK=1``, and every later ``fit`` reuses
+the process group: two interpreters for all the runs instead of two per run. Rank 0 prints
+``=== NAME`` before each run, so the output splits into one section per run, and after each
+fit ``ranks: N (Strategy)``: the number of processes that fit trained on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+from genlit.cli import main  # noqa: E402
+
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+       "--trainer.enable_progress_bar=false"]
+
+CASES = {
+    # Toy epochs of 8 batches: the mode metrics run (each rank its share, gathered) after epoch 1.
+    "gan": ("configs/toy/ring_nsgan.yaml", ["--generator_steps=10", "--data.init_args.samples_per_epoch=2048",
+                                             "--trainer.check_val_every_n_epoch=1"]),
+    "wgan_gp": ("configs/toy/ring_wgan_gp.yaml", ["--generator_steps=3", "--data.init_args.samples_per_epoch=2048",
+                                                   "--trainer.check_val_every_n_epoch=1"]),
+    "vae": ("configs/digits/vae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
+    "wae_gan": ("configs/digits/wae_gan.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
+}
+
+
+def announce(name: str) -> None:
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"=== {name}", flush=True)
+
+
+def report_ranks(run_subcommand):
+    """Wraps LightningCLI._run_subcommand: rank 0 says how many processes each fit trained on."""
+
+    def run(self, subcommand):
+        run_subcommand(self, subcommand)
+        if self.trainer.is_global_zero:
+            print(f"ranks: {self.trainer.world_size} ({type(self.trainer.strategy).__name__})", flush=True)
+
+    return run
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    LightningCLI._run_subcommand = report_ranks(LightningCLI._run_subcommand)
+    for case, (config, extra) in CASES.items():
+        announce(case)
+        main(["fit", "--config", config, *DDP, *extra, f"--trainer.logger.init_args.save_dir={out / case}"])
+    announce("fid")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ddp_fid_script import measure
+
+    values = measure(2, str(out / "fid_cache"))
+    if values is not None:
+        print(f"FID={values[0]:.6f} KID={values[1]:.6f}", flush=True)
