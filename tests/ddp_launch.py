@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ddp_checks import final_digests  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from genlit.cli import main  # noqa: E402
@@ -31,9 +32,15 @@ CASES = {
                                              "--trainer.check_val_every_n_epoch=1"]),
     "wgan_gp": ("configs/toy/ring_wgan_gp.yaml", ["--generator_steps=3", "--data.init_args.samples_per_epoch=2048",
                                                    "--trainer.check_val_every_n_epoch=1"]),
+    "wgan": ("configs/toy/ring_wgan.yaml", ["--generator_steps=3", "--data.init_args.samples_per_epoch=2048"]),
+    # Image families: batch-norm networks, whose running statistics each rank updates itself.
+    "gan_images": ("configs/digits/nsgan.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
+    "ae": ("configs/digits/ae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
     "vae": ("configs/digits/vae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
     "wae_gan": ("configs/digits/wae_gan.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
 }
+# Every run also checks, at each evaluation point, that the ranks hold the same networks.
+CHECKS = ["--trainer.callbacks+=ddp_checks.RanksAgree"]
 
 
 def announce(name: str) -> None:
@@ -42,12 +49,15 @@ def announce(name: str) -> None:
 
 
 def report_ranks(run_subcommand):
-    """Wraps LightningCLI._run_subcommand: rank 0 says how many processes each fit trained on."""
+    """Wraps LightningCLI._run_subcommand: rank 0 says how many processes each fit trained on,
+    and whether the ranks (and the last checkpoint) ended with the same networks."""
 
     def run(self, subcommand):
         run_subcommand(self, subcommand)
+        agreement = final_digests(self.trainer)
         if self.trainer.is_global_zero:
             print(f"ranks: {self.trainer.world_size} ({type(self.trainer.strategy).__name__})", flush=True)
+            print(f"agree: {agreement}", flush=True)
 
     return run
 
@@ -57,7 +67,7 @@ if __name__ == "__main__":
     LightningCLI._run_subcommand = report_ranks(LightningCLI._run_subcommand)
     for case, (config, extra) in CASES.items():
         announce(case)
-        main(["fit", "--config", config, *DDP, *extra, f"--trainer.logger.init_args.save_dir={out / case}"])
+        main(["fit", "--config", config, *DDP, *CHECKS, *extra, f"--trainer.logger.init_args.save_dir={out / case}"])
     announce("fid")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from ddp_fid_script import measure

@@ -1,5 +1,6 @@
-"""DDP with two CPU processes (gloo): every family trains with plain --trainer.strategy=ddp, and
-the FID callback gives the value of one process on the same samples."""
+"""DDP with two CPU processes (gloo): every family trains with plain --trainer.strategy=ddp, the
+ranks hold the same networks at every evaluation and at the end, and the FID callback gives the
+value of one process on the same samples."""
 
 from __future__ import annotations
 
@@ -38,6 +39,25 @@ def test_plain_ddp_trains_two_network_models(ddp_runs):
         assert "finished at global step" in sections[case], (case, sections[case][-2000:])
         assert "ranks: 2 (DDPStrategy)" in sections[case], (case, sections[case][-2000:])
     assert re.search(r"val/modes\s+\d", sections["gan"]), sections["gan"]
+
+
+def test_every_rank_evaluates_and_saves_the_same_networks(ddp_runs):
+    # tests/ddp_checks.py: digests of every parameter and buffer, gathered from both ranks at
+    # each evaluation point (every 2 generator steps and the final one) and after the fit, and
+    # compared with the last.ckpt rank 0 wrote. Batch-norm statistics are what used to differ.
+    sections, _, _ = ddp_runs
+    with_buffers = []
+    for case in CASES:
+        line = re.search(r"agree: (.*)", sections[case])
+        assert line, (case, sections[case][-2000:])
+        found = dict(part.split("=", 1) for part in line.group(1).split(" ", 5))
+        assert found["params_same"] == "True", (case, line.group(1))
+        assert found["buffers_same"] == "True", (case, line.group(1))
+        assert found["checkpoint_same"] == "True", (case, line.group(1))
+        assert int(found["evaluations"]) >= 2 and found["differed"] == "[]", (case, line.group(1))
+        if int(found["buffers"]) > 1:
+            with_buffers.append(case)
+    assert {"gan_images", "ae", "vae", "wae_gan"} <= set(with_buffers)
 
 
 def test_fid_under_ddp_equals_one_process(ddp_runs):

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from genlit.callbacks.images import run_dir
+from genlit.callbacks.schedule import finish_training
 
 
 def checkpoint_dir(trainer: Trainer) -> Path:
@@ -127,6 +128,7 @@ class ResumeOnInterrupt(Callback):
 
     def _save_last(self, trainer: Trainer) -> None:
         self._saved_at = trainer.global_step
+        finish_training(trainer.lightning_module)  # the final checkpoint holds the finished model
         path = _last_path(trainer, "fit finished")
         if path is None or trainer.strategy.broadcast(_holds_step(trainer, path)):
             return

@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from genlit import _compat
+from genlit.models.buffers import agree_buffers
 
 
 def generator_step(trainer: Trainer, pl_module: LightningModule) -> int:
@@ -31,6 +32,24 @@ def epoch_budget_spent(trainer: Trainer) -> bool:
     """Whether the epoch that is ending is the last of an epoch budget (``max_epochs``)."""
     max_epochs = trainer.max_epochs or -1
     return 0 < max_epochs <= trainer.current_epoch + 1
+
+
+def finish_training(pl_module: LightningModule) -> None:
+    """Completes a genlit model's training (:meth:`GenerativeModel.complete_training`) before
+    its final evaluation or checkpoint; other modules have nothing to complete."""
+    complete = getattr(pl_module, "complete_training", None)
+    if callable(complete):
+        complete()
+
+
+def agree_across_ranks(pl_module: LightningModule) -> None:
+    """Gives every DDP rank rank 0's model (:meth:`GenerativeModel.agree_across_ranks`) before
+    an evaluation; a collective. Other modules' buffers are copied from rank 0 the same way."""
+    agree = getattr(pl_module, "agree_across_ranks", None)
+    if callable(agree):
+        agree()
+    else:
+        agree_buffers(pl_module)
 
 
 class EvaluationSchedule:
@@ -95,11 +114,19 @@ class ScheduledEvaluation(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        if trainer.state.fn != "fit" or self.schedule.after_epoch(trainer):
+        if trainer.state.fn != "fit":
+            self.run(trainer, pl_module, in_training=False)
+        elif self.schedule.after_epoch(trainer):
+            if epoch_budget_spent(trainer) or step_budget_spent(trainer):
+                finish_training(pl_module)
+                agree_across_ranks(pl_module)
             self.run(trainer, pl_module, in_training=False)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if self.schedule.after_batch(trainer, pl_module):
+            if step_budget_spent(trainer) and not getattr(trainer, "received_sigterm", False):
+                finish_training(pl_module)
+            agree_across_ranks(pl_module)  # the step left each DDP rank its own batch-norm statistics
             self.run(trainer, pl_module, in_training=True)
 
 

@@ -24,7 +24,9 @@ from genlit.losses import (
     mmd_penalty,
     squared_error_reconstruction_loss,
 )
+from genlit.models import random_state
 from genlit.models.base import GenerativeModel
+from genlit.models.buffers import distributed
 from genlit.models.optimizers import build_optimizer
 
 Reconstruction = Literal["mse", "bce"]
@@ -258,8 +260,23 @@ class AE(AutoencoderModel):
         self._pending = True
 
     def _commit(self) -> None:
-        """Moves the accumulated moments into the buffers (needs more than one code)."""
+        """Moves the accumulated moments into the buffers (needs more than one code).
+
+        Under DDP the moments of every rank's codes are summed first (a collective: every rank
+        commits at the same points), so all ranks fit one Gaussian to all the codes.
+        """
         self._pending = False
+        if distributed():
+            d = self.latent_dim
+            s, outer, n = self._moments or (
+                torch.zeros(d, dtype=torch.float64, device=self.device),
+                torch.zeros(d, d, dtype=torch.float64, device=self.device),
+                0,
+            )
+            pooled = torch.cat([s, outer.reshape(-1), s.new_tensor([float(n)])])
+            torch.distributed.all_reduce(pooled)
+            s, outer, n = pooled[:d], pooled[d:-1].reshape(d, d), int(pooled[-1].item())
+            self._moments = (s, outer, n)
         if self._moments is None or self._moments[2] < 2:
             return
         s, outer, n = self._moments
@@ -276,13 +293,25 @@ class AE(AutoencoderModel):
         if self._pending:
             self._commit()
 
+    def agree_across_ranks(self) -> None:
+        if self._pending:  # the same on every rank: each ran the same training steps
+            self._commit()
+        super().agree_across_ranks()
+
     def on_train_end(self) -> None:
+        self.complete_training()  # done already when the final evaluation or checkpoint ran
+
+    def on_training_complete(self) -> None:
         trainer = self.attached_trainer
         if self.refit_on_train_end and trainer is not None and trainer.train_dataloader is not None:
             limit = trainer.num_training_batches
-            self.fit_latent_gaussian(
-                trainer.train_dataloader, None if limit == float("inf") else int(limit)
-            )
+            streams = random_state.capture()  # a new pass over the loader draws a shuffle order
+            try:
+                self.fit_latent_gaussian(
+                    trainer.train_dataloader, None if limit == float("inf") else int(limit)
+                )
+            finally:
+                random_state.restore(streams)
 
     @torch.no_grad()
     def fit_latent_gaussian(self, batches: Iterable[Any], max_batches: int | None = None) -> None:
@@ -304,7 +333,10 @@ class AE(AutoencoderModel):
         """Draws from the ex-post Gaussian (the prior N(0, I) when ``ex_post`` is off)."""
         if not self.ex_post:
             return self.noise(n)
-        if self._pending:  # codes of the running epoch, e.g. for a grid drawn before epoch end
+        if self._pending and not distributed():
+            # Codes of the running epoch, e.g. for a grid drawn before the epoch's end. Under
+            # DDP a commit is collective (rank 0 alone may be drawing): the fit agreed at the
+            # last evaluation or checkpoint is used instead.
             self._commit()
         cov = self.latent_cov.double()
         jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from genlit import _compat
 from genlit.batches import batch_data
 from genlit.models import random_state
+from genlit.models.buffers import agree_buffers
 from genlit.models.compatibility import check_compatible
 from genlit.models.divergence import DivergenceGuard
 from genlit.models.optimizers import build_optimizer
@@ -68,6 +69,7 @@ class GenerativeModel(LightningModule):
         it), so ``--trainer.strategy=ddp`` works for two-network models with no extra flag.
         """
         self._rng_to_restore: dict[str, Any] | None = None
+        self._completed_at: int | None = None  # the global step complete_training last ran at
 
     @classmethod
     def load_from_checkpoint(
@@ -158,6 +160,39 @@ class GenerativeModel(LightningModule):
         trainer = self.attached_trainer
         return trainer is not None and _compat.logs_this_step(trainer)
 
+    # --- the end of training, and DDP ranks -------------------------------------------------
+
+    def agree_across_ranks(self) -> None:
+        """Makes every DDP rank hold rank 0's model; genlit calls it before each evaluation and
+        each checkpoint.
+
+        DDP keeps the parameters equal; this copies rank 0's buffers (batch-norm statistics,
+        which each rank's forward passes update) to the others. A model with state of its own
+        per rank pools it here first (AE's ex-post Gaussian). A collective: under DDP every
+        rank calls it; outside DDP it does nothing.
+        """
+        agree_buffers(self)
+
+    def complete_training(self) -> None:
+        """Runs :meth:`on_training_complete` once, after the last step of a fit that ends.
+
+        genlit calls it before the final evaluation and the final checkpoint, so both see the
+        finished model; not after an interruption (the resumed run goes on training).
+        """
+        trainer = self.attached_trainer
+        step = trainer.global_step if trainer is not None else None
+        if self._completed_at == step:
+            return
+        self._completed_at = step
+        self.on_training_complete()
+
+    def on_training_complete(self) -> None:
+        """Hook: the fit's last training step is done (AE refits its ex-post Gaussian here).
+
+        Runs on every DDP rank; it must leave the random streams as it found them, so that a
+        run continued from the final checkpoint matches one that never stopped.
+        """
+
     # --- one update of some networks -----------------------------------------------------
 
     def run_phase(
@@ -244,9 +279,20 @@ class GenerativeModel(LightningModule):
             # or all ranks would train on the same fakes.
             random_state.offset_for_rank(trainer.global_rank)
 
+    def on_validation_start(self) -> None:
+        self.agree_across_ranks()  # under DDP every rank evaluates rank 0's network
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainer = self.attached_trainer
         self.divergence.flush(trainer)  # never write weights that followed a non-finite loss
+        # Every rank calls this hook (Lightning writes rank 0's dict): the ranks agree on the
+        # batch-norm statistics the file keeps, and go on from the same ones.
+        self.agree_across_ranks()
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for name, buffer in self.named_buffers():
+                if name in state:
+                    state[name] = buffer.detach().clone()
         checkpoint["genlit_rng"] = random_state.capture_all_ranks(trainer.world_size if trainer else 1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
