@@ -160,3 +160,15 @@ def wandb_init_arguments(logger: Any) -> dict[str, Any]:
         logger: A ``lightning.pytorch.loggers.WandbLogger``.
     """
     return logger._wandb_init
+
+
+def complete_batch_progress(trainer: Any) -> None:
+    """Marks the current training batch completed, as Lightning does after its last hook.
+
+    A checkpoint saved from a failed ``on_train_batch_end`` hook would otherwise hold the batch
+    as processed but not completed, and the resumed run would train it a second time. Reads
+    ``fit_loop.epoch_loop.batch_progress`` (Lightning's loop progress, not a documented API).
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    if progress.current.processed > progress.current.completed:
+        progress.increment_completed()

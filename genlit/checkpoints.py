@@ -16,6 +16,7 @@ from torch import nn
 
 from genlit.errors import GenlitError
 from genlit.models.base import GenerativeModel
+from genlit.models.divergence import model_problem, nonfinite_tensors
 
 TRUST_FLAG = "--trust_checkpoint"
 """The opt-in of ``genlit fit``, ``sample`` and ``evaluate`` to unpickle a trusted file in full."""
@@ -75,6 +76,15 @@ def read_checkpoint(
         raise GenlitError(
             f"checkpoint {path} is not a Lightning checkpoint (no state_dict): give a file "
             "written by genlit fit"
+        )
+    state = checkpoint["state_dict"]
+    bad = nonfinite_tensors(state.items()) if isinstance(state, dict) else []
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise GenlitError(
+            f"checkpoint {path} holds weights that are not finite ({', '.join(bad[:3])}{more}): "
+            "it was written after training diverged; use an earlier checkpoint, or train again "
+            "with a lower learning rate"
         )
     return checkpoint
 
@@ -150,6 +160,28 @@ def check_weights_fit(path: str | Path, checkpoint: dict[str, Any], model: nn.Mo
             )
 
 
+def check_usable(path: str | Path, checkpoint: dict[str, Any], model: nn.Module) -> None:
+    """Fails in one line when the checkpoint's weights, put into ``model``, give no finite sample.
+
+    :func:`read_checkpoint` already refuses non-finite weights; finite but huge ones (a learning
+    rate far too high) are found here. ``model`` keeps the checkpoint's weights afterwards.
+
+    Raises:
+        GenlitError: saying what is not finite.
+    """
+    model.load_state_dict(checkpoint["state_dict"])
+    was_training = model.training
+    try:
+        problem = model_problem(model.eval())
+    finally:
+        model.train(was_training)
+    if problem is not None:
+        raise GenlitError(
+            f"checkpoint {path} is unusable: {problem}; its training diverged, use an earlier "
+            "checkpoint, or train again with a lower learning rate"
+        )
+
+
 def load_model(
     ckpt: str | Path, map_location: str = "cpu", trust_checkpoint: bool = False
 ) -> GenerativeModel:
@@ -177,4 +209,10 @@ def load_model(
         )
     except Exception as err:  # noqa: BLE001
         raise GenlitError(f"checkpoint {path} does not match its model config: {err}") from None
-    return model.eval()
+    problem = model_problem(model.eval())
+    if problem is not None:
+        raise GenlitError(
+            f"checkpoint {path} is unusable: {problem}; its training diverged, use an earlier "
+            "checkpoint, or train again with a lower learning rate"
+        )
+    return model

@@ -15,7 +15,9 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -36,15 +38,22 @@ from genlit.callbacks import Curves, ResumeOnInterrupt, RunSummary
 from genlit.callbacks.first_batch import FirstBatchCheck
 from genlit.callbacks.interrupt import checkpoint_dir
 from genlit.callbacks.progress import with_progress_bar
+from genlit.callbacks.rescue import rescue_line
 from genlit.callbacks.schedule import GeneratorStepAxis
 from genlit.checkpoint_io import AtomicCheckpointIO
-from genlit.checkpoints import check_same_architecture, check_weights_fit, read_checkpoint
+from genlit.checkpoints import (
+    check_same_architecture,
+    check_usable,
+    check_weights_fit,
+    read_checkpoint,
+)
 from genlit.config_errors import explain
 from genlit.console import quiet_lightning_tips
 from genlit.errors import GenlitError
 from genlit.evaluate import evaluate_main
 from genlit.loggers import SaveConfigToRun, WandbLogger
 from genlit.models import GenerativeModel
+from genlit.resume import changed_settings, generator_steps_in, resumed_max_steps
 from genlit.sample import sample_main
 
 
@@ -186,7 +195,17 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
         trainer_config = config.get("trainer", {})
         kwargs.setdefault("callbacks", with_progress_bar(
             trainer_config.get("callbacks"), trainer_config.get("enable_progress_bar")))
-        trainer = super().instantiate_trainer(**kwargs)
+        check_accelerator(kwargs.get("accelerator", trainer_config.get("accelerator")))
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # devices, strategy, precision for this machine
+            if os.environ.get("GENLIT_DEBUG"):
+                raise
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise GenlitError(
+                f"trainer: {reason.rstrip('.')}: set trainer.accelerator, trainer.devices, "
+                "trainer.strategy or trainer.precision to what this machine has"
+            ) from None
         if trainer.fast_dev_run:
             # A check of the code, not a run: no logger, so a ModelCheckpoint's save_last would
             # write into the current directory (Lightning saves it at the end even then).
@@ -202,16 +221,20 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
         ckpt_path = config.get("ckpt_path")
         trusted = self.trusts_checkpoint(config)
         self.config_init[self.subcommand]["weights_only"] = not trusted  # Lightning's own load
+        checkpoint = None
         if ckpt_path is not None:
             path = find_last_checkpoint(self.trainer) if ckpt_path == "last" else Path(ckpt_path)
-            check_weights_fit(path, read_checkpoint(path, trust_checkpoint=trusted), self.model)
+            checkpoint = read_checkpoint(path, trust_checkpoint=trusted)
+            check_weights_fit(path, checkpoint, self.model)
+            check_usable(path, checkpoint, self.model)
             self.config_init[self.subcommand]["ckpt_path"] = str(path)
             print(f"genlit: resuming from {path}", flush=True)
+            self.say_changed_settings(checkpoint)
             # Before the W&B run starts (Lightning starts it in setup): it can take the id over.
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger.continue_from(path):
                     print(f"genlit: continuing W&B run {logger.version}", flush=True)
-        self.apply_budget(config)
+        self.apply_budget(config, checkpoint)
 
     def before_validate(self) -> None:
         self._load_weights_only()
@@ -232,9 +255,24 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
         """
         return bool(config.get("trust_checkpoint")) or config.get("weights_only") is False
 
-    def apply_budget(self, config: Any) -> None:
+    def say_changed_settings(self, checkpoint: dict[str, Any]) -> None:
+        """Prints, in one line, the settings the resumed run changes from the checkpoint's."""
+        datamodule = self.datamodule
+        batch_size = getattr(datamodule, "batch_size", None)
+        changes = changed_settings(
+            checkpoint, self.model.hparams, self.model.networks,
+            batch_size if isinstance(batch_size, int) else None, self.trainer.world_size,
+        )
+        if changes and self.trainer.is_global_zero:
+            done = generator_steps_in(checkpoint, self.model.optimizer_steps_per_generator_step)
+            print(f"genlit: resuming with changed settings: {', '.join(changes)} (the checkpoint "
+                  f"made {done} generator steps with the old ones)", flush=True)
+
+    def apply_budget(self, config: Any, checkpoint: dict[str, Any] | None = None) -> None:
         """Applies the budget given last: ``generator_steps`` or Lightning's own keys.
 
+        A resumed run's ``generator_steps`` counts the checkpoint's generator steps too, at the
+        rate they were made: resumed with another ``k``, it still ends after that many.
         ``--trainer.fast_dev_run`` always wins (it is a check, not a budget).
         """
         steps = config.get("generator_steps")
@@ -253,9 +291,35 @@ class GenlitCLI(KeepConfigModelOnResume, LightningCLI):
                       f"after generator_steps={steps}, which is ignored)", flush=True)
             return
         fit_loop = self.trainer.fit_loop
-        fit_loop.epoch_loop.max_steps = steps * per_step
+        if checkpoint is None:
+            fit_loop.epoch_loop.max_steps = steps * per_step
+        else:
+            fit_loop.epoch_loop.max_steps = resumed_max_steps(checkpoint, steps, per_step)
         if config["trainer"].get("max_epochs") is None:
             fit_loop.max_epochs = -1
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """Fails in one line when ``trainer.accelerator`` names a GPU this machine does not have.
+
+    Raises:
+        GenlitError: naming the setting and what is available.
+    """
+    name = str(accelerator).lower() if isinstance(accelerator, str) else None
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        mps = torch.backends.mps.is_available()
+        if name == "gpu" and mps:
+            return  # Lightning's "gpu" is Apple's MPS there
+        raise GenlitError(
+            f"--trainer.accelerator={accelerator}: no CUDA GPU is available here "
+            "(torch.cuda.is_available() is False): use --trainer.accelerator=cpu, or auto to take "
+            "a GPU where there is one"
+        )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GenlitError(
+            f"--trainer.accelerator={accelerator}: Apple's MPS is not available here: use "
+            "--trainer.accelerator=cpu or auto"
+        )
 
 
 def check_writable(trainer: Trainer) -> None:
@@ -364,5 +428,14 @@ def main(args: list[str] | None = None) -> None:
     except (GenlitError, DatasetNotFoundError, DataError) as err:
         if os.environ.get("GENLIT_DEBUG"):
             raise
-        sys.stderr.write(f"genlit: error: {err}\n")
+        rescued = rescue_line(err) if getattr(err, "genlit_rescue", {}).get("saved") else None
+        sys.stderr.write(f"genlit: error: {rescued or err}\n")
         sys.exit(2)
+    except Exception as err:
+        # An evaluation, a logger or a callback failed mid-run: ResumeOnInterrupt saved the
+        # weights (or said why not) and marked the error; a failure of training is raised.
+        line = rescue_line(err)
+        if line is None or os.environ.get("GENLIT_DEBUG"):
+            raise
+        sys.stderr.write(f"genlit: error: {line}\n")
+        sys.exit(1)

@@ -281,7 +281,9 @@ def sample_main(argv: list[str]) -> None:
     if args.title:
         checkpoint = read_checkpoint(args.ckpt, trust_checkpoint=args.trust_checkpoint)
         global_step = int(checkpoint.get("global_step", 0))
-        steps = global_step // int(getattr(model, "optimizer_steps_per_generator_step", 1))
+        steps = getattr(model, "generator_updates", None)  # counted by adversarial models
+        if steps is None:
+            steps = global_step // int(getattr(model, "optimizer_steps_per_generator_step", 1))
         title = [type(model).__name__, f"generator step {steps}"]
     torch.manual_seed(args.seed)
     chunks = draw(model, args.n, args.batch_size)

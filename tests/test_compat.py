@@ -54,6 +54,27 @@ def test_logs_this_step_and_logged_step_follow_log_every_n_steps(tmp_path):
     assert [step for _, _, step in model.seen] == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("complete", [False, True])
+def test_complete_batch_progress_is_what_lightning_does_after_the_batch_hooks(complete, tmp_path):
+    from lightning.pytorch import Callback
+
+    class FailsAtBatch2(Callback):  # what ResumeOnInterrupt meets: a batch-end hook that raises
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.fit_loop.epoch_loop.batch_progress.current.processed == 2:
+                if complete:
+                    _compat.complete_batch_progress(trainer)
+                    _compat.complete_batch_progress(trainer)  # a second call changes nothing
+                raise RuntimeError("fails")
+
+    trainer = Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[FailsAtBatch2()],
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError):
+        trainer.fit(_Recorder())
+    current = trainer.fit_loop.epoch_loop.batch_progress.current
+    # Lightning counts the batch completed only after its hooks; the call does it for them.
+    assert (current.processed, current.completed) == ((2, 2) if complete else (2, 1))
+
+
 def test_find_unused_parameters_reaches_the_ddp_wrapper_arguments():
     strategy = DDPStrategy()
     _compat.find_unused_parameters(strategy)

@@ -70,3 +70,62 @@ def test_divergence_through_the_cli_is_one_line(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.startswith("genlit: error:")]
     assert len(lines) == 1 and "training diverged" in lines[0], err[-2000:]
     assert "Traceback" not in err
+
+
+class Inflate(Callback):
+    """After the batch at ``step`` multiplies the generator's weights by ``factor``: still finite,
+    the losses computed so far finite, but no sample from the network is (a learning rate of
+    1e38 does this in one Adam step)."""
+
+    def __init__(self, step: int, factor: float = 1e30) -> None:
+        self.step, self.factor = step, factor
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for p in pl_module.generator.parameters():
+                    p.mul_(self.factor)
+
+
+def test_weights_without_a_finite_sample_are_never_checkpointed(tmp_path):
+    seed_everything(0)
+    model = GAN(MLPGenerator(hidden_dim=16), MLPDiscriminator(hidden_dim=16), adam, adam)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_last=True)
+    # Inflate runs before the checkpoint callback at the same batch end (Lightning puts
+    # checkpoint callbacks last): the weights of step 8 are the ones about to be written.
+    trainer = Trainer(
+        max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[checkpoints, Inflate(step=8)],
+    )
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit(model, datamodule=GaussianRing(batch_size=16, samples_per_epoch=320))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "samples drawn from the weights are not finite" in message and "at step 8" in message
+    assert f"last good checkpoint: {tmp_path / 'last.ckpt'}" in message
+    # The file on disk is still step 4's, and it samples finite points.
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    restored = GAN(MLPGenerator(hidden_dim=16), MLPDiscriminator(hidden_dim=16), adam, adam)
+    restored.load_state_dict(checkpoint["state_dict"])
+    assert torch.isfinite(restored.sample(64)).all()
+
+
+def test_nan_weights_are_never_checkpointed_and_the_message_names_no_missing_file(tmp_path):
+    # NaN weights set at a batch end, before any loss sees them: only the checkpoint check
+    # can catch them. No checkpoint exists yet, and the message says so.
+    seed_everything(0)
+    model = GAN(MLPGenerator(hidden_dim=16), MLPDiscriminator(hidden_dim=16), adam, adam)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_last=True)
+    trainer = Trainer(
+        max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+        callbacks=[checkpoints, Inflate(step=4, factor=float("nan"))],
+    )
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit(model, datamodule=GaussianRing(batch_size=16, samples_per_epoch=320))
+    message = str(info.value)
+    assert "the weights are not finite (generator." in message and "at step 4" in message
+    assert "no checkpoint of this run was written" in message
+    assert not list(tmp_path.iterdir())

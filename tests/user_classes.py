@@ -5,6 +5,7 @@ import math
 import torch
 
 from datamodules.toy import ToyDataModule
+from genlit.callbacks.schedule import EvaluationSchedule, ScheduledEvaluation
 from genlit.models import GAN
 from genlit.networks.mlp import MLPDiscriminator, MLPGenerator
 
@@ -22,3 +23,15 @@ class TinyGAN(GAN):
 
     def __init__(self, hidden: int = 8) -> None:
         super().__init__(MLPGenerator(hidden_dim=hidden), MLPDiscriminator(hidden_dim=hidden))
+
+
+class FailingEvaluation(ScheduledEvaluation):
+    """An evaluation that fails at generator step ``at``: a stand-in for a broken metric, a full
+    cache disk or an unreachable tracker."""
+
+    def __init__(self, at: int = 3) -> None:
+        self.at = at
+        self.schedule = EvaluationSchedule(every_n_epochs=None, every_n_steps=at)
+
+    def run(self, trainer, pl_module, in_training):
+        raise RuntimeError(f"the metric server is unreachable (step {self.at})")

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from genlit.callbacks import progress
 from genlit.callbacks._rng import seeded
@@ -25,7 +25,13 @@ from genlit.metrics.features import (
     inception_weights_folder,
     load_features,
 )
-from genlit.metrics.fid import FeatureDistances, generate_into, reference_statistics, share
+from genlit.metrics.fid import (
+    FeatureDistances,
+    default_cache_dir,
+    generate_into,
+    reference_statistics,
+    share,
+)
 
 
 class FID(ScheduledEvaluation):
@@ -103,6 +109,8 @@ class FID(ScheduledEvaluation):
         self.seed = seed
         self.distances: FeatureDistances | None = None
         self.last: dict[str, float] = {}
+        self.network: FeatureExtractor | None = None
+        """The feature network, loaded at setup."""
         self.last_evaluation: Evaluation | None = None
         self._validation_off: bool | None = None
         self._announced = False
@@ -111,15 +119,21 @@ class FID(ScheduledEvaluation):
     # --- when ----------------------------------------------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if (
-            self.features == "inception"
-            and self.weights_path is None
-            and not (inception_weights_folder() / INCEPTION_WEIGHTS_FILE).is_file()
-        ):
-            rank_zero_warn(
-                f"FID: the Inception weights are not in {inception_weights_folder()}; they will "
-                "be downloaded at the first evaluation (offline, set weights_path)"
-            )
+        """Finds now, before the first step, what the first evaluation would fail on: the
+        feature network's weights (downloaded now where they may be) and a cache folder that
+        cannot be written."""
+        from genlit.sample import check_writable
+
+        if self.network is None:
+            if (
+                self.features == "inception"
+                and self.weights_path is None
+                and not (inception_weights_folder() / INCEPTION_WEIGHTS_FILE).is_file()
+            ):
+                rank_zero_info(f"FID: fetching the Inception weights into {inception_weights_folder()}")
+            self.network = load_features(self.features, self.weights_path)
+        folder = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        check_writable(folder, folder=True, flag="FID cache_dir")
 
     def run(self, trainer: Trainer, pl_module: LightningModule, in_training: bool) -> None:
         self.evaluate(trainer, pl_module, "val", in_training)
@@ -153,7 +167,9 @@ class FID(ScheduledEvaluation):
         if datamodule is None:
             raise GenlitError("the FID callback needs a datamodule to read the real images from")
         device = pl_module.device
-        network: FeatureExtractor = load_features(self.features, self.weights_path).to(device)
+        if self.network is None:  # measured outside a trainer's setup
+            self.network = load_features(self.features, self.weights_path)
+        network: FeatureExtractor = self.network.to(device)
         shape = None
         if getattr(datamodule, "channels", None) and getattr(datamodule, "image_size", None):
             shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)

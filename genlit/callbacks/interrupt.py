@@ -17,8 +17,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from genlit import _compat
 from genlit.callbacks.images import run_dir
-from genlit.callbacks.schedule import finish_training
+from genlit.callbacks.rescue import failing_part, mark
+from genlit.callbacks.schedule import finish_training, generator_step
+from genlit.errors import TrainingDiverged
 
 
 def checkpoint_dir(trainer: Trainer) -> Path:
@@ -132,7 +135,7 @@ class ResumeOnInterrupt(Callback):
         path = _last_path(trainer, "fit finished")
         if path is None or trainer.strategy.broadcast(_holds_step(trainer, path)):
             return
-        trainer.save_checkpoint(path)  # a collective under DDP: every rank calls it
+        trainer.save_checkpoint(path, weights_only=False)  # a collective under DDP: every rank calls it
         self.saved = path
         for callback in _keeping_last_in(trainer, path.parent):
             # Its own save at this epoch's end (it runs after this callback) then replaces the
@@ -146,16 +149,40 @@ class ResumeOnInterrupt(Callback):
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         self._restore_handler()
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            return
         if trainer.state.fn != "fit":
+            return
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            self._rescue(trainer, exception)
             return
         path = _last_path(trainer, f"interrupted at global step {trainer.global_step}")
         if path is None:
             return
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved = path
         rank_zero_info(
             f"genlit: interrupted at global step {trainer.global_step}; saved {path}; "
             "resume with the same command plus --ckpt_path last"
         )
+
+    def _rescue(self, trainer: Trainer, exception: BaseException) -> None:
+        """Saves the trained weights when an evaluation, a logger or a callback failed."""
+        part = failing_part(exception)
+        if part is None or isinstance(exception, TrainingDiverged):
+            return  # training itself failed (or nothing was trained): its weights are not saved
+        step = generator_step(trainer, trainer.lightning_module)
+        if trainer.global_step == 0:
+            return mark(exception, part, step, None, "nothing was trained yet")
+        if trainer.world_size > 1:
+            # Saving is a collective, and the other ranks may not know this one failed.
+            return mark(exception, part, step, None, "under DDP only a clean stop saves")
+        path = _last_path(trainer, f"{part} failed")
+        if path is None:
+            return mark(exception, part, step, None, "the run has no checkpoint folder")
+        _compat.complete_batch_progress(trainer)  # the step itself is done: resume after it
+        try:
+            trainer.save_checkpoint(path, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - say why, keep the original failure
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return mark(exception, part, step, None, reason)
+        self.saved = path
+        mark(exception, part, step, str(path))

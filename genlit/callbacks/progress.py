@@ -33,8 +33,11 @@ def generator_step_budget(trainer: Trainer, pl_module: LightningModule) -> int |
     budgets = []
     if trainer.max_steps is not None and trainer.max_steps > 0:
         per_step = int(getattr(pl_module, "optimizer_steps_per_generator_step", 1))
-        # fast_dev_run's one batch is max_steps=1, though a GAN's batch makes two steps.
-        budgets.append(max(1, trainer.max_steps // per_step))
+        # The steps done, counted by the model (a run resumed with another k made them at
+        # another rate), plus the optimizer steps left at today's rate. fast_dev_run's one
+        # batch is max_steps=1, though a GAN's batch makes two steps.
+        left = max(0, trainer.max_steps - trainer.global_step) // per_step
+        budgets.append(max(1, generator_step(trainer, pl_module) + left))
     batches = trainer.num_training_batches
     if trainer.max_epochs is not None and trainer.max_epochs > 0 and not math.isinf(batches):
         per_step = int(getattr(pl_module, "discriminator_steps", 1))

@@ -19,6 +19,9 @@ from genlit.models.buffers import agree_buffers
 
 def generator_step(trainer: Trainer, pl_module: LightningModule) -> int:
     """The number of generator updates so far (optimizer steps for one-network models)."""
+    done = getattr(pl_module, "generator_steps_done", None)
+    if isinstance(done, int):
+        return done
     return trainer.global_step // int(getattr(pl_module, "optimizer_steps_per_generator_step", 1))
 
 
@@ -69,6 +72,7 @@ class EvaluationSchedule:
         self.every_n_steps = every_n_steps
         self.done_at: int | None = None
         """The global step of the last evaluation during fit."""
+        self._seen: int | None = None  # the generator step at the previous batch's end
 
     def _fresh(self, trainer: Trainer) -> bool:
         return self.done_at != trainer.global_step and not trainer.sanity_checking
@@ -78,8 +82,12 @@ class EvaluationSchedule:
         if trainer.fast_dev_run or not self._fresh(trainer) or getattr(trainer, "received_sigterm", False):
             return False
         step = generator_step(trainer, pl_module)
-        advanced = step > 0 and trainer.global_step % int(
-            getattr(pl_module, "optimizer_steps_per_generator_step", 1)) == 0
+        if self._seen is not None:
+            advanced = step != self._seen  # this batch made a generator step
+        else:  # the first batch of this fit
+            advanced = step > 0 and trainer.global_step % int(
+                getattr(pl_module, "optimizer_steps_per_generator_step", 1)) == 0
+        self._seen = step
         due = self.every_n_steps is not None and advanced and step % self.every_n_steps == 0
         return due or step_budget_spent(trainer)
 

@@ -34,6 +34,18 @@ from genlit.models.optimizers import build_optimizer
 from genlit.models.phases import frozen, grad_norm
 
 
+def training_batch_size(trainer: Trainer | None) -> int | None:
+    """The per-process batch size of the training data: the datamodule's ``batch_size``, else
+    the training DataLoader's; ``None`` when neither says."""
+    if trainer is None:
+        return None
+    for source in (getattr(trainer, "datamodule", None), getattr(trainer, "train_dataloader", None)):
+        size = getattr(source, "batch_size", None)
+        if isinstance(size, int):
+            return size
+    return None
+
+
 class GenerativeModel(LightningModule):
     """A LightningModule that can draw new samples.
 
@@ -142,6 +154,16 @@ class GenerativeModel(LightningModule):
     def optimizer_steps_per_generator_step(self) -> int:
         """How many optimizer steps (what ``trainer.global_step`` counts) one generator step makes."""
         return 1
+
+    @property
+    def generator_steps_done(self) -> int:
+        """Generator updates so far: genlit's unit of budgets, logs and file names.
+
+        Counted from ``trainer.global_step``; models whose optimizer steps per generator step
+        can change on resume (a GAN's ``k``) count their updates themselves.
+        """
+        trainer = self.attached_trainer
+        return trainer.global_step // self.optimizer_steps_per_generator_step if trainer is not None else 0
 
     @property
     def attached_trainer(self) -> Trainer | None:
@@ -288,12 +310,20 @@ class GenerativeModel(LightningModule):
         # Every rank calls this hook (Lightning writes rank 0's dict): the ranks agree on the
         # batch-norm statistics the file keeps, and go on from the same ones.
         self.agree_across_ranks()
+        # Nor weights that are not finite, or from which no finite sample comes.
+        self.divergence.check_model(self, trainer)
         state = checkpoint.get("state_dict")
         if state is not None:
             for name, buffer in self.named_buffers():
                 if name in state:
                     state[name] = buffer.detach().clone()
         checkpoint["genlit_rng"] = random_state.capture_all_ranks(trainer.world_size if trainer else 1)
+        # What a resumed run compares its own settings with (see genlit.resume).
+        checkpoint["genlit_run"] = {
+            "generator_steps": self.generator_steps_done,
+            "batch_size": training_batch_size(trainer),
+            "devices": trainer.world_size if trainer is not None else 1,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Restored just before the next training batch, not now: between loading and the first
@@ -403,6 +433,11 @@ class AdversarialModel(GenerativeModel):
     @property
     def optimizer_steps_per_generator_step(self) -> int:
         return self.discriminator_steps + 1
+
+    @property
+    def generator_steps_done(self) -> int:
+        # Counted, not derived from global_step: a run resumed with another k keeps its count.
+        return self.generator_updates
 
     @property
     def sampling_generator(self) -> nn.Module:
