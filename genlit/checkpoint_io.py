@@ -70,10 +70,11 @@ def write_error(path: Path, err: OSError, size: int) -> GenlitError:
     except OSError:
         free = "free space unknown"
     reason = err.strerror or str(err) or type(err).__name__
+    kept = "the previous checkpoint is intact" if path.exists() else "no partial file is left"
     advice = "free some space or" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix it or"
     return GenlitError(
         f"cannot write checkpoint {path.name} ({_size(size)}) in {folder}: {reason} ({free}); "
-        f"the previous checkpoint is intact: {advice} point the run at another folder "
+        f"{kept}: {advice} point the run at another folder "
         "(trainer.logger.init_args.save_dir) and resume with --ckpt_path last"
     )
 

@@ -44,14 +44,28 @@ def _choices(root: str) -> list[str]:
 
 
 def _init_params(class_path: str) -> list[str]:
+    """The arguments a class accepts, its bases' too where its ``__init__`` passes ``*args`` or
+    ``**kwargs`` on (as jsonargparse resolves them): the bases' first."""
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-        params = inspect.signature(cls.__init__).parameters
-    except (ImportError, AttributeError, ValueError, TypeError):
+    except (ImportError, AttributeError, ValueError):
         return []
-    return [p for p in params if p != "self" and params[p].kind not in (
-        inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    found: list[str] = []
+    for klass in getattr(cls, "__mro__", (cls,)):
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        try:
+            params = inspect.signature(klass.__init__).parameters
+        except (ValueError, TypeError):
+            break
+        named = [p for p, v in params.items() if p != "self" and v.kind not in (
+            inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        found = [*named, *(p for p in found if p not in named)] if found else named
+        if not any(v.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+                   for v in params.values()):
+            break
+    return found
 
 
 def explain(message: str) -> str:

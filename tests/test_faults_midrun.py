@@ -1,5 +1,6 @@
-"""A run is never lost because something other than training failed, and what a run will need
-later is checked before its first step."""
+"""A run is never lost because something other than training failed: the weights saved by a
+failing evaluation resume where the run stopped. (The one-line messages of these failures, and
+of what is checked before the first step, are rows of test_bad_input.py.)"""
 
 from __future__ import annotations
 
@@ -67,30 +68,3 @@ def test_a_failure_of_training_itself_is_not_rescued():
     model = Broken()
     assert failing_part(_raised(lambda: model.training_step(None, 0))) is None
     assert failing_part(_raised(model.on_train_end)) == "Broken.on_train_end"
-
-
-def test_a_gpu_accelerator_without_a_gpu_is_one_line_before_anything(tmp_path, capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    code, _, err = run(capsys, ["fit", "--config", RING, "--trainer.accelerator=gpu",
-                                f"--trainer.logger.init_args.save_dir={tmp_path}"])
-    assert code == 2 and "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("genlit: error:")]
-    assert lines == ["genlit: error: --trainer.accelerator=gpu: no CUDA GPU is available here "
-                     "(torch.cuda.is_available() is False): use --trainer.accelerator=cpu, or auto to "
-                     "take a GPU where there is one"]
-    assert not any(tmp_path.iterdir())
-
-
-def test_an_fid_cache_that_cannot_be_written_fails_at_setup(tmp_path, capsys):
-    (tmp_path / "a_file").write_text("not a folder")
-    code, out, err = run(capsys, [
-        "fit", "--config", str(REPO / "configs/digits/nsgan.yaml"), "--generator_steps=400",
-        "--trainer.callbacks=[]", "--trainer.callbacks+=FID", "--trainer.callbacks.features=digits",
-        f"--trainer.callbacks.cache_dir={tmp_path}/a_file/cache", f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
-        *QUIET])
-    assert code == 2 and "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("genlit: error:")]
-    assert lines == [f"genlit: error: FID cache_dir {tmp_path}/a_file/cache: {tmp_path}/a_file is a "
-                     "file, not a folder; choose another path"], err[-2000:]
-    assert not list(tmp_path.rglob("*.ckpt")) and "finished" not in out  # not one step trained
