@@ -1,0 +1,122 @@
+"""The semi-discrete OT solver (genlit/ot.py) on cases whose answers can be checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genlit.errors import GenlitError
+from genlit.ot import SemiDiscreteOT
+
+F64 = torch.float64
+
+
+def fitted(points, masses=None, **fit) -> tuple[SemiDiscreteOT, object]:
+    ot = SemiDiscreteOT(torch.tensor(points, dtype=F64), None if masses is None else torch.tensor(masses, dtype=F64),
+                        normalize=False, chunk=4096)
+    fit = {"tolerance": 0.002, "points_per_cell": 5000, "lr": 2e-3, **fit}
+    return ot, ot.fit(**fit)
+
+
+def test_1d_cells_are_the_masses_exactly():
+    # In 1-D the cells of sorted points are intervals of [-0.5, 0.5]; the facet between y_i and
+    # y_{i+1} is where x y_i + h_i = x y_{i+1} + h_{i+1}. Their lengths must be the masses.
+    masses = [0.1, 0.2, 0.3, 0.4]
+    ot, report = fitted([[-0.3], [0.1], [0.2], [0.4]], masses)
+    assert report.converged, report
+    y, h = ot.points[:, 0], ot.heights
+    cuts = [(h[i] - h[i + 1]) / (y[i + 1] - y[i]) for i in range(3)]
+    edges = torch.tensor([-0.5, *cuts, 0.5], dtype=F64)
+    lengths = edges.diff()
+    assert torch.allclose(lengths, torch.tensor(masses, dtype=F64), atol=0.01), lengths
+    assert float((ot.heights.mean()).abs()) < 1e-12  # kept centred
+
+
+def test_2d_cells_match_unequal_masses_on_a_fine_grid():
+    masses = [0.4, 0.3, 0.2, 0.1]
+    ot, report = fitted([[-0.2, -0.1], [0.3, 0.2], [0.0, 0.4], [0.25, -0.3]], masses)
+    assert report.converged, report
+    grid = torch.linspace(-0.5 + 1 / 1200, 0.5 - 1 / 1200, 600, dtype=F64)
+    x = torch.cartesian_prod(grid, grid)  # cell centres of a 600 x 600 grid: exact volumes
+    volumes = torch.bincount(ot.cells(x), minlength=4).to(F64) / len(x)
+    assert torch.allclose(volumes, torch.tensor(masses, dtype=F64), atol=0.01), volumes
+
+
+def test_the_energy_decreases_to_its_minimum():
+    torch.manual_seed(0)
+    ot = SemiDiscreteOT(torch.rand(16, 2, dtype=F64) - 0.5, normalize=False)
+    start = ot.heights.clone()
+    report = ot.fit(tolerance=0.01, points_per_cell=2000, lr=2e-3)
+    assert report.converged
+    e_fit = ot.energy(200_000)
+    assert e_fit < ot.energy(200_000, start) and e_fit < ot.energy(200_000, torch.zeros(16, dtype=F64))
+    # A minimum: small moves of the heights in random directions do not lower it.
+    for _ in range(5):
+        move = torch.randn(16, dtype=F64)
+        move = 1e-3 * (move - move.mean()) / move.norm()
+        assert ot.energy(200_000, ot.heights + move) >= e_fit - 1e-6
+
+
+def test_the_map_is_the_gradient_of_a_convex_piecewise_linear_potential():
+    torch.manual_seed(1)
+    ot = SemiDiscreteOT(torch.randn(50, 3, dtype=F64), normalize=True)
+    ot.fit(tolerance=0.02, points_per_cell=500)
+    a, b = torch.rand(200, 3, dtype=F64) - 0.5, torch.rand(200, 3, dtype=F64) - 0.5
+    for t in (0.25, 0.5, 0.75):  # convex along random lines
+        assert bool((ot.potential(t * a + (1 - t) * b) <= t * ot.potential(a) + (1 - t) * ot.potential(b) + 1e-12).all())
+    # Its gradient (central differences) is the point of the cell.
+    x, eps = torch.rand(100, 3, dtype=F64) * 0.8 - 0.4, 1e-7
+    grad = torch.stack([(ot.potential(x + eps * e) - ot.potential(x - eps * e)) / (2 * eps)
+                        for e in torch.eye(3, dtype=F64)], dim=1)
+    same_cell = ot.cells(x + 0) == ot.cells(x)  # away from facets the difference stays inside
+    assert torch.allclose(grad[same_cell], ot.points[ot.cells(x)][same_cell], atol=1e-5)
+
+
+def test_chunked_and_unchunked_estimates_agree():
+    torch.manual_seed(2)
+    y = torch.randn(300, 4)
+    small, large = SemiDiscreteOT(y, chunk=7), SemiDiscreteOT(y, chunk=1_000_000)
+    assert torch.equal(small.cell_measures(20_000), large.cell_measures(20_000))
+    assert torch.equal(small.cell_measures(5_000, offset=123), large.cell_measures(5_000, offset=123))
+
+
+def test_a_saved_and_reloaded_map_draws_the_same_samples():
+    torch.manual_seed(3)
+    ot = SemiDiscreteOT(torch.randn(200, 2))
+    ot.fit(tolerance=0.05, max_iterations=200)
+    state = ot.state_dict()
+    buffer = __import__("io").BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    again = SemiDiscreteOT.from_state_dict(torch.load(buffer, weights_only=True))
+    first = ot.generate(500, generator=torch.Generator().manual_seed(7))
+    second = again.generate(500, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(first, second)
+
+
+def test_the_map_interpolates_inside_clusters_and_never_across_a_gap():
+    # Two tight clusters far apart: facets inside a cluster meet at small angles, the facets
+    # between the clusters at a large one (a singular boundary).
+    torch.manual_seed(4)
+    left = torch.randn(100, 2) * 0.02 + torch.tensor([-1.0, 0.0])
+    right = torch.randn(100, 2) * 0.02 + torch.tensor([1.0, 0.0])
+    ot = SemiDiscreteOT(torch.cat([left, right]))
+    ot.fit(tolerance=0.05, max_iterations=500)
+    new, own, other = ot.generate(4000, k=10, angle_threshold=0.2, generator=torch.Generator().manual_seed(0),
+                                  return_cells=True)
+    assert bool(((own < 100) == (other < 100)).all()), "interpolated across the gap"
+    assert float((own != other).float().mean()) > 0.5  # new codes, not copies, inside clusters
+    assert float(new[:, 0].abs().min()) > 0.8  # nothing in the gap between x = -1 and x = 1
+    assert bool(torch.isfinite(new).all())
+
+
+@pytest.mark.parametrize("points, words", [
+    (torch.zeros(0, 3), "has 0 codes"),
+    (torch.zeros(1, 3), "has 1 codes"),
+    (torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 1.0]]), "1 of the 3 OT target codes are not finite"),
+    (torch.zeros(5), "(N, d) tensor"),
+])
+def test_bad_targets_are_one_line(points, words):
+    with pytest.raises(GenlitError) as info:
+        SemiDiscreteOT(points)
+    assert words in str(info.value) and "\n" not in str(info.value)
