@@ -16,7 +16,7 @@ from torch import nn
 
 from genlit.errors import GenlitError
 from genlit.models.base import GenerativeModel
-from genlit.models.divergence import model_problem, nonfinite_tensors
+from genlit.models.divergence import model_problem, name_some, nonfinite_tensors
 
 TRUST_FLAG = "--trust_checkpoint"
 """The opt-in of ``genlit fit``, ``sample`` and ``evaluate`` to unpickle a trusted file in full."""
@@ -80,9 +80,8 @@ def read_checkpoint(
     state = checkpoint["state_dict"]
     bad = nonfinite_tensors(state.items()) if isinstance(state, dict) else []
     if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise GenlitError(
-            f"checkpoint {path} holds weights that are not finite ({', '.join(bad[:3])}{more}): "
+            f"checkpoint {path} holds weights that are not finite ({name_some(bad)}): "
             "it was written after training diverged; use an earlier checkpoint, or train again "
             "with a lower learning rate"
         )
@@ -172,9 +171,14 @@ def check_usable(path: str | Path, checkpoint: dict[str, Any], model: nn.Module)
     model.load_state_dict(checkpoint["state_dict"])
     was_training = model.training
     try:
-        problem = model_problem(model.eval())
+        _refuse_unusable(path, model.eval())
     finally:
         model.train(was_training)
+
+
+def _refuse_unusable(path: str | Path, model: nn.Module) -> None:
+    """Raises ``GenlitError`` when the model (in eval mode) has non-finite weights or samples."""
+    problem = model_problem(model)
     if problem is not None:
         raise GenlitError(
             f"checkpoint {path} is unusable: {problem}; its training diverged, use an earlier "
@@ -209,10 +213,5 @@ def load_model(
         )
     except Exception as err:  # noqa: BLE001
         raise GenlitError(f"checkpoint {path} does not match its model config: {err}") from None
-    problem = model_problem(model.eval())
-    if problem is not None:
-        raise GenlitError(
-            f"checkpoint {path} is unusable: {problem}; its training diverged, use an earlier "
-            "checkpoint, or train again with a lower learning rate"
-        )
+    _refuse_unusable(path, model.eval())
     return model

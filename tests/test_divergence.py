@@ -34,18 +34,22 @@ class PoisonGenerator(Callback):
                     p.fill_(float("nan"))
 
 
-def test_nan_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+def diverging_fit(tmp_path: Path, fault: Callback) -> str:
+    """The one-line message of a ring GAN fit, checkpointed every 4 steps, that ``fault`` spoils."""
     seed_everything(0)
     model = GAN(MLPGenerator(hidden_dim=16), MLPDiscriminator(hidden_dim=16), adam, adam)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_last=True)
     trainer = Trainer(
         max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-        callbacks=[checkpoints, PoisonGenerator(step=10)],
+        enable_model_summary=False, limit_val_batches=0, callbacks=[checkpoints, fault],
     )
     with pytest.raises(TrainingDiverged) as info:
         trainer.fit(model, datamodule=GaussianRing(batch_size=16, samples_per_epoch=320))
-    message = str(info.value)
+    return str(info.value)
+
+
+def test_nan_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    message = diverging_fit(tmp_path, PoisonGenerator(step=10))
     assert "\n" not in message
     assert "train/d_loss is not finite at step 10" in message
     assert "learning rate" in message and str(tmp_path / "last.ckpt") in message
@@ -88,18 +92,9 @@ class Inflate(Callback):
 
 
 def test_weights_without_a_finite_sample_are_never_checkpointed(tmp_path):
-    seed_everything(0)
-    model = GAN(MLPGenerator(hidden_dim=16), MLPDiscriminator(hidden_dim=16), adam, adam)
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_last=True)
     # Inflate runs before the checkpoint callback at the same batch end (Lightning puts
     # checkpoint callbacks last): the weights of step 8 are the ones about to be written.
-    trainer = Trainer(
-        max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[checkpoints, Inflate(step=8)],
-    )
-    with pytest.raises(TrainingDiverged) as info:
-        trainer.fit(model, datamodule=GaussianRing(batch_size=16, samples_per_epoch=320))
-    message = str(info.value)
+    message = diverging_fit(tmp_path, Inflate(step=8))
     assert "\n" not in message
     assert "samples drawn from the weights are not finite" in message and "at step 8" in message
     assert f"last good checkpoint: {tmp_path / 'last.ckpt'}" in message
@@ -115,17 +110,7 @@ def test_weights_without_a_finite_sample_are_never_checkpointed(tmp_path):
 def test_nan_weights_are_never_checkpointed_and_the_message_names_no_missing_file(tmp_path):
     # NaN weights set at a batch end, before any loss sees them: only the checkpoint check
     # can catch them. No checkpoint exists yet, and the message says so.
-    seed_everything(0)
-    model = GAN(MLPGenerator(hidden_dim=16), MLPDiscriminator(hidden_dim=16), adam, adam)
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_last=True)
-    trainer = Trainer(
-        max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-        callbacks=[checkpoints, Inflate(step=4, factor=float("nan"))],
-    )
-    with pytest.raises(TrainingDiverged) as info:
-        trainer.fit(model, datamodule=GaussianRing(batch_size=16, samples_per_epoch=320))
-    message = str(info.value)
+    message = diverging_fit(tmp_path, Inflate(step=4, factor=float("nan")))
     assert "the weights are not finite (generator." in message and "at step 4" in message
     assert "no checkpoint of this run was written" in message
     assert not list(tmp_path.iterdir())

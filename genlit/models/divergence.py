@@ -87,6 +87,12 @@ def nonfinite_tensors(named: Iterable[tuple[str, Tensor]]) -> list[str]:
     ]
 
 
+def name_some(names: list[str], shown: int = 3) -> str:
+    """``a, b, c and 5 more``: the first few of a list of tensor names."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{', '.join(names[:shown])}{more}"
+
+
 def largest_weight(named: Iterable[tuple[str, Tensor]]) -> float:
     """The largest finite magnitude among floating-point tensors (0 for none)."""
     largest = 0.0
@@ -113,8 +119,7 @@ def model_problem(model: Any, n: int = 8) -> str | None:
     state = list(model.state_dict().items())
     bad = nonfinite_tensors(state)
     if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        return f"the weights are not finite ({', '.join(bad[:3])}{more})"
+        return f"the weights are not finite ({name_some(bad)})"
     sample = getattr(model, "sample", None)
     if callable(sample):
         try:
