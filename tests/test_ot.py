@@ -120,3 +120,21 @@ def test_bad_targets_are_one_line(points, words):
     with pytest.raises(GenlitError) as info:
         SemiDiscreteOT(points)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_candidate_cells_give_exactly_the_full_pass_cells():
+    # Between full passes each point is scored against its best few cells only; the bound must
+    # send every point whose cell could have changed to a full scoring, so the cells are exact.
+    from genlit.ot import _Candidates
+
+    torch.manual_seed(0)
+    ot = SemiDiscreteOT(torch.randn(300, 3, dtype=F64), chunk=1000)
+    x = ot._sobol(5000)
+    cache = _Candidates(ot, x, ot.heights, k=4, refresh_share=1.0)
+    for scale in (1e-4, 1e-3, 1e-2, 1e-1):
+        h = ot.heights + scale * torch.randn(300, dtype=F64)
+        assert torch.equal(cache.cells(h), ot.cells(x, h)), scale
+    assert cache.refreshes == 1  # refresh_share=1: exact through full scoring of unsure points
+    cache = _Candidates(ot, x, ot.heights, k=4, refresh_share=0.0)
+    h = ot.heights + 1e-2 * torch.randn(300, dtype=F64)
+    assert torch.equal(cache.cells(h), ot.cells(x, h)) and cache.refreshes == 2
