@@ -13,10 +13,13 @@ from typing import Any
 
 from torch.utils.data import DistributedSampler
 
+from genlit.batches import in_full_pass
+
 
 def batches_done(trainer: Any) -> int:
-    """Batches of the current training epoch already trained: nonzero only on a mid-epoch resume."""
-    if trainer is None or not getattr(trainer, "training", False):
+    """Batches of the current training epoch already trained: nonzero only on a mid-epoch resume
+    (and never in a :func:`genlit.batches.full_pass`, such as an ex-post fit at the epoch's end)."""
+    if trainer is None or not getattr(trainer, "training", False) or in_full_pass(trainer):
         return 0
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 

@@ -191,6 +191,19 @@ class SemiDiscreteOT:
     def device(self) -> torch.device:
         return self.points.device
 
+    def neighbour_distance(self, sample: int = 1000) -> float:
+        """The median distance from a point to its nearest other point (over ``sample`` points)."""
+        n = self.num_points
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))[:sample].to(self.device)
+        best = torch.full((len(rows),), math.inf, dtype=self.points.dtype, device=self.device)
+        for start in range(0, n, self.chunk):
+            block = torch.cdist(self.points[rows], self.points[start:start + self.chunk])
+            own = rows[:, None] == torch.arange(start, start + block.shape[1], device=self.device)[None]
+            best = torch.minimum(best, block.masked_fill(own, math.inf).min(1).values)
+        best = best[torch.isfinite(best)]
+        positive = best[best > 0]
+        return float(positive.median()) if len(positive) else 1.0 / n
+
     # --- Monte Carlo -----------------------------------------------------------------------
 
     def _sobol(self, n: int, offset: int = 0) -> Tensor:
@@ -271,8 +284,9 @@ class SemiDiscreteOT:
         Args:
             tolerance: Total variation to stop at (0.01: 1% of the source mass misplaced).
             max_iterations: Stop after this many iterations whatever the error.
-            lr: Adam's step on the heights; by default ``0.05 N^(-1/d)``, a small share of the
-                distance between neighbouring points (about ``N^(-1/d)`` in the box).
+            lr: Adam's step on the heights; by default a tenth of the median distance between
+                neighbouring points (:meth:`neighbour_distance`): the heights that reshape a cell
+                are of that order, whether the points are spread evenly or in tight clusters.
             points_per_cell: Monte Carlo points per unit of mean mass at the start (at least
                 10,000 points).
             max_points: No more points per iteration than this after doublings.
@@ -293,7 +307,7 @@ class SemiDiscreteOT:
             raise ValueError(f"tolerance must be > 0, got {tolerance}")
         n = self.num_points
         points = int(min(max(points_per_cell * n, 10_000), max_points))
-        step = lr if lr is not None else 0.05 * n ** (-1.0 / self.dim)
+        step = lr if lr is not None else 0.1 * self.neighbour_distance()
         h = self.heights.clone()
         m, v = torch.zeros_like(h), torch.zeros_like(h)
         best_norm, bad, stage, used = math.inf, 0, 0, points

@@ -1,6 +1,7 @@
 """LightningModules: the generative models genlit trains."""
 
 from genlit.models.ae import AE
+from genlit.models.aeot import AEOT
 from genlit.models.base import AdversarialModel, GenerativeModel
 from genlit.models.gan import GAN
 from genlit.models.vae import VAE
@@ -8,4 +9,4 @@ from genlit.models.wae import WAE
 from genlit.models.wgan import WGAN, WGANGP
 
 __all__ = ["GenerativeModel", "AdversarialModel", "GAN", "WGAN", "WGANGP"]
-__all__ += ["AE", "VAE", "WAE"]
+__all__ += ["AE", "AEOT", "VAE", "WAE"]

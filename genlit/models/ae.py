@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from genlit.batches import full_pass
 from genlit.losses import (
     bernoulli_reconstruction_loss,
     gaussian_reconstruction_loss,
@@ -110,13 +111,17 @@ class AutoencoderModel(GenerativeModel):
         return mean + (0.5 * log_var).exp() * eps  # (B, latent_dim)
 
     def to_images(self, raw: Tensor) -> Tensor:
-        """Decoder outputs to images in [-1, 1] (the decoder mean)."""
+        """Decoder outputs to images in [-1, 1] (the decoder mean); an identity decoder's as they are."""
+        if getattr(self.decoder, "identity", False):
+            return raw
         if self.likelihood in ("bce", "bernoulli"):
             return torch.tanh(raw / 2)  # = 2 sigmoid(raw) - 1
         return torch.tanh(raw)
 
     def reconstruction_loss(self, raw: Tensor, x: Tensor) -> Tensor:
         """``-log p(x|z)`` (or the squared error) of raw decoder outputs, per image; shape (B,)."""
+        if getattr(self.decoder, "identity", False):
+            return squared_error_reconstruction_loss(raw, x)
         if self.likelihood in ("bce", "bernoulli"):
             return bernoulli_reconstruction_loss(raw, x)
         if self.likelihood == "gaussian":
@@ -307,9 +312,10 @@ class AE(AutoencoderModel):
             limit = trainer.num_training_batches
             streams = random_state.capture()  # a new pass over the loader draws a shuffle order
             try:
-                self.fit_latent_gaussian(
-                    trainer.train_dataloader, None if limit == float("inf") else int(limit)
-                )
+                with full_pass(trainer):  # every batch, also those this epoch trained on
+                    self.fit_latent_gaussian(
+                        trainer.train_dataloader, None if limit == float("inf") else int(limit)
+                    )
             finally:
                 random_state.restore(streams)
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from genlit.networks.dcgan import _check_positive, _layout, dcgan_init_
 from genlit.networks.mlp import _mlp
 
-__all__ = ["ConvDecoder", "ConvEncoder", "LatentDiscriminator", "MLPDecoder", "MLPEncoder"]
+__all__ = ["ConvDecoder", "ConvEncoder", "IdentityEmbedding", "LatentDiscriminator", "MLPDecoder", "MLPEncoder"]
 
 
 def _check_images(owner: str, x: Tensor, channels: int, image_size: int) -> None:
@@ -284,3 +284,28 @@ class LatentDiscriminator(nn.Module):
         """Scores codes of shape (B, latent_dim); returns logits of shape (B,)."""
         _check_codes(type(self).__name__, z, self.latent_dim)
         return self.net(z).squeeze(-1)  # (B, 1) -> (B,)
+
+
+class IdentityEmbedding(nn.Module):
+    """The identity map as encoder and decoder: the data are their own codes.
+
+    For AE-OT on low-dimensional data (the toy sets), where the transport map is fitted to the
+    samples themselves. It has no weights, so there is nothing to train; the model's link to
+    data space is the identity too (``identity = True``).
+
+    Args:
+        dim: Dimension of the data, and so of the codes.
+    """
+
+    identity = True
+    gaussian = False
+
+    def __init__(self, dim: int = 2) -> None:
+        super().__init__()
+        _check_positive(type(self).__name__, dim=dim)
+        self.latent_dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Returns ``x`` (shape (B, dim)) unchanged."""
+        _check_codes(type(self).__name__, x, self.latent_dim)
+        return x

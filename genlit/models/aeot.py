@@ -1,0 +1,333 @@
+"""AE-OT (An et al., ICLR 2020): an autoencoder whose sampler is a semi-discrete OT map.
+
+A generator is an embedding plus a transport map from noise to the codes (Lei, Su, Cui, Yau,
+Gu 2019). Where the codes' support has gaps or is not convex, the optimal map is discontinuous,
+and a continuous network asked for it collapses or mixes modes. AE-OT does not train a network
+for the map: it computes the Brenier potential of the uniform box to the training codes
+(:class:`genlit.ot.SemiDiscreteOT`) and samples by its extended map, which makes new codes
+inside the support and never across a singular facet. The autoencoder trains as :class:`AE`
+does; the OT fit runs once the training is complete (its own stage, with a progress bar and
+``ot/*`` metrics), and the fitted map travels in every checkpoint written after it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import warnings
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from genlit.batches import full_pass
+from genlit.checkpoints import read_checkpoint
+from genlit.errors import GenlitError
+from genlit.models import random_state
+from genlit.models.ae import AE
+from genlit.models.buffers import distributed
+from genlit.ot import FitReport, SemiDiscreteOT
+
+OT_KEY = "genlit_ot"
+"""Where checkpoints keep the fitted map (codes, heights, settings): tensors and plain values."""
+
+
+def _their_latent_dim(own: dict[str, Tensor], theirs: dict[str, Tensor], latent_dim: int) -> int | None:
+    """The latent size a checkpoint's decoder was built with, read off its first weight: the
+    axis of that weight that has ``latent_dim`` entries here."""
+    key = next((k for k, v in own.items() if k.startswith("decoder.") and v.dim() >= 2), None)
+    if key is None or key not in theirs or theirs[key].dim() != own[key].dim():
+        return None
+    axes = [axis for axis, size in enumerate(own[key].shape) if size == latent_dim]
+    return int(theirs[key].shape[axes[0]]) if axes else None
+
+
+class AEOT(AE):
+    """An autoencoder whose ``sample`` decodes codes from the semi-discrete OT map (AE-OT).
+
+    Training is :class:`AE`'s (reconstruction only; the ex-post Gaussian is fitted too, so one
+    checkpoint compares both samplers: ``sampler``). When the fit completes, ``ot_codes``
+    training codes (encoder in eval mode) become the OT target, and the map is fitted to the
+    tolerance or the time limit. ``sample`` draws from the ex-post Gaussian until the map exists.
+
+    With :class:`genlit.networks.autoencoders.IdentityEmbedding` as encoder and decoder, the
+    data are the codes (the toy experiments): nothing is trained, the fit's batches only feed
+    the map.
+
+    Args:
+        *args: ``encoder, decoder, optimizer`` in this order (see :class:`AE`).
+        ot_codes: Training codes the map is fitted to (the first ones the training loader
+            gives); the solver's cost grows as codes x Monte Carlo points.
+        ot_tolerance: Total variation between cell measures and code masses to stop at.
+        ot_max_seconds: Time limit of the OT fit (it then keeps the heights it reached and
+            says so).
+        ot_points_per_cell: Monte Carlo points per code at the start of the fit.
+        k: Cells the generation map examines per noise point (its own and ``k - 1`` others).
+        angle_threshold: Largest angle (radians) between the potential's facets that the map
+            interpolates across (pyOMT: 0.7 for CelebA codes).
+        weight: Interpolation weight ``w`` of a new code ``(1 - w) y_i + w y_j``; ``null``
+            draws it uniformly.
+        sampler: ``ot`` (the map) or ``gaussian`` (the ex-post Gaussian of the same AE).
+        fit_ot_on_train_end: Fit the map when the fit completes; ``false`` keeps a loaded one.
+        autoencoder_checkpoint: Start from the encoder and decoder of this trained AE (or
+            AE-OT) checkpoint instead of fresh weights.
+        freeze_autoencoder: Do not train the networks: the fit's batches only collect codes
+            (with ``autoencoder_checkpoint``, and always for an identity embedding).
+        **kwargs: The other arguments of :class:`AE`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        ot_codes: int = 10_000,
+        ot_tolerance: float = 0.01,
+        ot_max_seconds: float = 600.0,
+        ot_points_per_cell: float = 20.0,
+        k: int = 20,
+        angle_threshold: float = 0.7,
+        weight: float | None = 0.75,
+        sampler: Literal["ot", "gaussian"] = "ot",
+        fit_ot_on_train_end: bool = True,
+        autoencoder_checkpoint: str | None = None,
+        freeze_autoencoder: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if ot_codes < 2:
+            raise ValueError(f"ot_codes must be >= 2 (the OT target needs two codes or more), got {ot_codes}")
+        if ot_tolerance <= 0 or ot_max_seconds <= 0 or ot_points_per_cell <= 0:
+            raise ValueError("ot_tolerance, ot_max_seconds and ot_points_per_cell must be > 0")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not 0 < angle_threshold < math.pi:
+            raise ValueError(f"angle_threshold must lie in (0, pi) radians, got {angle_threshold}")
+        if weight is not None and not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight must lie in [0, 1] (or be null), got {weight}")
+        if sampler not in ("ot", "gaussian"):
+            raise ValueError(f"unknown sampler {sampler!r}: choose 'ot' or 'gaussian'")
+        self.ot_codes, self.ot_tolerance, self.ot_max_seconds = ot_codes, ot_tolerance, ot_max_seconds
+        self.ot_points_per_cell = ot_points_per_cell
+        self.k, self.angle_threshold, self.weight = k, angle_threshold, weight
+        self.sampler = sampler
+        self.fit_ot_on_train_end = fit_ot_on_train_end
+        self.autoencoder_checkpoint = autoencoder_checkpoint
+        self.identity = bool(getattr(self.encoder, "identity", False))
+        self.trains_networks = not (freeze_autoencoder or self.identity)
+        if not self.trains_networks:
+            self.encoder.requires_grad_(False)
+            self.decoder.requires_grad_(False)
+        self.ot: SemiDiscreteOT | None = None
+        self.ot_report: FitReport | None = None
+        self._autoencoder_loaded = False
+
+    # --- the autoencoder -----------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        trainer = self.attached_trainer
+        resuming = trainer is not None and trainer.ckpt_path is not None
+        if stage == "fit" and self.autoencoder_checkpoint and not resuming and not self._autoencoder_loaded:
+            self.load_autoencoder(self.autoencoder_checkpoint)
+        if stage == "fit" and not self.identity and not self.trains_networks and not resuming and not self._autoencoder_loaded:
+            raise GenlitError(
+                "AE-OT: freeze_autoencoder without autoencoder_checkpoint would fit the OT map to "
+                "an untrained autoencoder's codes: give autoencoder_checkpoint (a trained AE) or "
+                "drop freeze_autoencoder"
+            )
+        if stage == "fit" and not self.trains_networks:
+            # Nothing to optimise: Lightning's notes about it say nothing about this run.
+            warnings.filterwarnings("ignore", message=r".*`configure_optimizers` returned `None`")
+            warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
+
+    def load_autoencoder(self, path: str) -> None:
+        """Copies the encoder, decoder and ex-post Gaussian of a trained AE or AE-OT checkpoint.
+
+        Raises:
+            GenlitError: the file is unreadable, holds no autoencoder, or was built with
+                another latent size or architecture than this model's networks.
+        """
+        state = read_checkpoint(path)["state_dict"]
+        own = self.state_dict()
+        wanted = [key for key in own if key.startswith(("encoder.", "decoder."))]
+        missing = [key for key in wanted if key not in state]
+        if missing or not any(key.startswith(("encoder.", "decoder.")) for key in state):
+            raise GenlitError(
+                f"autoencoder_checkpoint {path} holds no encoder/decoder of this architecture "
+                f"(missing {missing[0] if missing else 'encoder.*'}): give a checkpoint of an AE "
+                "or AE-OT with the same networks"
+            )
+        for key in wanted:
+            if state[key].shape != own[key].shape:
+                theirs = _their_latent_dim(own, state, self.latent_dim)
+                hint = (
+                    f"it was trained with latent_dim {theirs}, the config says {self.latent_dim}: "
+                    f"set latent_dim: {theirs} in the encoder and decoder"
+                    if theirs is not None and theirs != self.latent_dim
+                    else "build the encoder and decoder as that run did"
+                )
+                raise GenlitError(
+                    f"autoencoder_checkpoint {path} does not fit this model ({key} is "
+                    f"{tuple(state[key].shape)}, here {tuple(own[key].shape)}): {hint}"
+                )
+        extra = ["latent_mean", "latent_cov", "latent_count"]
+        self.load_state_dict({k: state[k] for k in wanted + [e for e in extra if e in state]}, strict=False)
+        self._autoencoder_loaded = True
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if self.trains_networks:
+            return super().training_step(batch, batch_idx)
+        with torch.no_grad():
+            self._accumulate(self.encoder(self.unpack(batch)))
+        return None  # nothing to optimise: the batches only feed the ex-post fit
+
+    def configure_optimizers(self) -> Any:
+        return super().configure_optimizers() if self.trains_networks else None
+
+    # --- the OT map ----------------------------------------------------------------------
+
+    def on_training_complete(self) -> None:
+        super().on_training_complete()  # the ex-post Gaussian, on the final weights
+        trainer = self.attached_trainer
+        if self.fit_ot_on_train_end and trainer is not None and trainer.train_dataloader is not None:
+            streams = random_state.capture()  # a new pass over the loader draws a shuffle order
+            try:
+                with full_pass(trainer):
+                    self.fit_ot(trainer.train_dataloader)
+            finally:
+                random_state.restore(streams)
+
+    @torch.no_grad()
+    def collect_codes(self, batches: Iterable[Any], n: int) -> Tensor:
+        """The encoder's codes (eval mode) of the first ``n`` training samples ``batches`` gives."""
+        codes, have = [], 0
+        with self._evaluating():
+            for batch in itertools.islice(batches, 1_000_000):
+                z = self.encoder(self.unpack(self.prepare_batch(batch)))
+                codes.append(z[: n - have])
+                have += len(codes[-1])
+                if have >= n:
+                    break
+        if not codes:
+            raise GenlitError("AE-OT: the training data gave no codes to fit the OT map to")
+        return torch.cat(codes)
+
+    def fit_ot(self, batches: Iterable[Any]) -> FitReport:
+        """Fits the OT map to the codes of ``batches`` (at most ``ot_codes`` of them).
+
+        Under DDP every rank encodes its own share, the codes are gathered, rank 0 fits and
+        the heights are broadcast, so every rank holds the same map.
+
+        Raises:
+            GenlitError: the autoencoder was never trained (nor loaded), or the codes are
+                fewer than 2 or not finite.
+        """
+        if self.trains_networks and self.generator_steps_done == 0 and not self._autoencoder_loaded:
+            raise GenlitError(
+                "AE-OT: the OT map is fitted to a trained autoencoder's codes, and this one has "
+                "made no training step: give the fit a budget (max_epochs or max_steps), or "
+                "autoencoder_checkpoint to start from a trained AE"
+            )
+        world = torch.distributed.get_world_size() if distributed() else 1
+        codes = self.collect_codes(batches, math.ceil(self.ot_codes / world))
+        if world > 1:
+            count = torch.tensor([len(codes)], device=codes.device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+            parts = [torch.empty_like(codes[: int(count)]) for _ in range(world)]
+            torch.distributed.all_gather(parts, codes[: int(count)].contiguous())
+            codes = torch.cat(parts)[: self.ot_codes]
+        ot = SemiDiscreteOT(codes.float(), chunk=4096)
+        report = self._run_fit(ot) if not distributed() or torch.distributed.get_rank() == 0 else None
+        if world > 1:
+            torch.distributed.broadcast(ot.heights, 0)
+            box = [report]
+            torch.distributed.broadcast_object_list(box, 0)
+            report = box[0]
+        self.ot, self.ot_report = ot, report
+        self._log_fit(report, len(codes))
+        return report
+
+    def _run_fit(self, ot: SemiDiscreteOT) -> FitReport:
+        bar = None
+        trainer = self.attached_trainer
+        shown = trainer is None or (trainer.progress_bar_callback is not None and sys.stderr.isatty())
+        if shown:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=f"OT map ({ot.num_points:,} codes)", unit="it", leave=False, dynamic_ncols=True)
+
+        def progress(iteration: int, tv: float, points: int) -> None:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(tv=f"{tv:.4f}", points=f"{points:,}", refresh=False)
+
+        try:
+            return ot.fit(
+                tolerance=self.ot_tolerance,
+                max_seconds=self.ot_max_seconds,
+                points_per_cell=self.ot_points_per_cell,
+                progress=progress,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _log_fit(self, report: FitReport, n: int) -> None:
+        from genlit.callbacks import progress
+
+        trainer = self.attached_trainer
+        stop = "reached the tolerance" if report.converged else f"stopped at the {self.ot_max_seconds:.0f} s limit"
+        line = (
+            f"OT map: {n:,} codes, {report.iterations} iterations in {report.seconds:.1f} s, {stop}: "
+            f"total variation {report.total_variation:.4f} (held out {report.held_out_tv:.4f}, "
+            f"largest cell error {report.held_out_error:.2f} of its mass)"
+        )
+        metrics = {
+            "ot/codes": float(n), "ot/iterations": float(report.iterations), "ot/seconds": report.seconds,
+            "ot/total_variation": report.total_variation, "ot/held_out_tv": report.held_out_tv,
+            "ot/held_out_error": report.held_out_error, "ot/converged": float(report.converged),
+        }
+        if trainer is None:
+            print(line, file=sys.stderr)
+            return
+        progress.write(trainer, line)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                try:
+                    logger.log_metrics(metrics, step=self.generator_steps_done)
+                except Exception as err:  # noqa: BLE001 - a tracker never ends a run
+                    warnings.warn(f"could not log the OT fit to {type(logger).__name__}: {err}", stacklevel=2)
+
+    def prior_codes(self, n: int) -> Tensor:
+        """Codes from the OT map (the ex-post Gaussian before it is fitted, or with ``sampler: gaussian``)."""
+        if self.ot is None or self.sampler == "gaussian":
+            return super().prior_codes(n)
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), device=self.device).item()))
+        codes = self.ot.generate(n, self.k, self.angle_threshold, self.weight, generator=generator)
+        return codes.to(self.device, self.latent_mean.dtype)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.ot is not None:
+            checkpoint[OT_KEY] = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in self.ot.state_dict().items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get(OT_KEY)
+        if state is None:
+            return
+        dim = int(state["points"].shape[1])
+        if dim != self.latent_dim:
+            raise GenlitError(
+                f"the checkpoint's OT map has codes of dimension {dim}, this model's latent_dim is "
+                f"{self.latent_dim}: build the encoder and decoder with latent_dim: {dim}"
+            )
+        self.ot = SemiDiscreteOT.from_state_dict(state).to(self.device)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.ot is not None:
+            self.ot.to(self.device)
