@@ -158,3 +158,77 @@ def test_freezing_an_untrained_autoencoder_is_refused_before_training(tmp_path):
     model = AEOT(*_pair(), **QUICK_OT, freeze_autoencoder=True)
     with pytest.raises(GenlitError, match="autoencoder_checkpoint"):
         _trainer(tmp_path).fit(model, _digits())
+
+
+# --- AE-OT-GAN ---------------------------------------------------------------------------
+
+
+def _aeot_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = AEOT(*_pair(), **QUICK_OT)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, _digits())
+    path = tmp_path / "aeot.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)
+    return model, path
+
+
+def _gan(path=None, **kwargs):
+    from genlit.models import AEOTGAN
+    from genlit.networks.dcgan import DCGANDiscriminator
+
+    encoder, decoder = _pair()
+    return AEOTGAN(decoder, DCGANDiscriminator(1, 8, width=8), encoder,
+                   autoencoder_checkpoint=None if path is None else str(path), **kwargs)
+
+
+def test_aeot_gan_starts_from_the_aeot_and_trains_only_generator_and_discriminator(tmp_path):
+    aeot, path = _aeot_checkpoint(tmp_path)
+    gan = _gan(path)
+    _trainer(tmp_path, batches=4).fit(gan, _digits())
+    assert gan.generator_updates == 4
+    for name, value in aeot.encoder.state_dict().items():
+        assert torch.equal(value, gan.encoder.state_dict()[name]), name  # the encoder stays fixed
+    assert torch.equal(gan.ot.heights, aeot.ot.heights) and torch.equal(gan.ot.points, aeot.ot.points)
+    moved = [n for n, v in gan.generator.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, aeot.decoder.state_dict()[n])]
+    assert moved  # started from the decoder, then trained
+    images = gan.sample(5)
+    assert images.shape == (5, 1, 8, 8) and images.abs().max() <= 1
+    trainer = _trainer(tmp_path)
+    trainer.fit(gan, _digits())
+    trainer.save_checkpoint(tmp_path / "gan.ckpt", weights_only=False)
+    loaded = type(gan).load_from_checkpoint(tmp_path / "gan.ckpt", generator=_pair()[1], encoder=_pair()[0],
+                                            discriminator=_gan().discriminator)
+    torch.manual_seed(2)
+    first = gan.sample(4)
+    torch.manual_seed(2)
+    assert torch.equal(first, loaded.sample(4))
+
+
+def test_aeot_gan_losses_are_the_weighted_terms(tmp_path):
+    _, path = _aeot_checkpoint(tmp_path)
+    gan = _gan(path, content_weight=0.0, feature_weight=0.0)
+    gan.load_autoencoder(str(path))
+    gan._real = torch.rand(8, 1, 8, 8) * 2 - 1
+    torch.manual_seed(0)
+    out = gan.generator_step(8)
+    assert "feature" not in out and torch.allclose(out["loss"], out["adversarial"])
+    gan.content_weight, gan.feature_weight = 10.0, 2.0
+    torch.manual_seed(0)
+    out = gan.generator_step(8)
+    assert torch.allclose(out["loss"], out["adversarial"] + 10 * out["content"] + 2 * out["feature"])
+
+
+def test_aeot_gan_needs_a_fitted_aeot(tmp_path):
+    with pytest.raises(GenlitError, match="autoencoder_checkpoint"):
+        _trainer(tmp_path).fit(_gan(), _digits())
+    ae = AE(*_pair())
+    trainer = _trainer(tmp_path)
+    trainer.fit(ae, _digits())
+    trainer.save_checkpoint(tmp_path / "ae.ckpt", weights_only=False)
+    with pytest.raises(GenlitError, match="holds no fitted OT map"):
+        _trainer(tmp_path).fit(_gan(tmp_path / "ae.ckpt"), _digits())
+    _, path = _aeot_checkpoint(tmp_path)
+    with pytest.raises(GenlitError, match="reconstruction mse, the config says bce"):
+        _trainer(tmp_path).fit(_gan(path, reconstruction="bce"), _digits())

@@ -31,6 +31,8 @@ RING = str(REPO / "configs/toy/ring_nsgan.yaml")
 RING_GP = str(REPO / "configs/toy/ring_wgan_gp.yaml")
 DIGITS = str(REPO / "configs/digits/nsgan.yaml")
 MNIST = str(REPO / "configs/mnist/nsgan.yaml")
+DIGITS_AE = str(REPO / "configs/digits/ae.yaml")
+DIGITS_AEOT = str(REPO / "configs/digits/aeot.yaml")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0"]
 NO_LOGGER = [*QUIET, "--trainer.logger=false"]
 
@@ -101,6 +103,23 @@ def huge_weights(source: Path, tmp: Path) -> str:
     # Finite (1e30 times the trained ones, what a learning rate of 1e38 leaves), but no
     # sample drawn from them is.
     return altered(source, tmp, "huge.ckpt", lambda w: w * 1e30)
+
+
+def digits_ae(tmp: Path) -> Path:
+    """A digits autoencoder trained one step, latent_dim 8 (configs/digits/ae.yaml)."""
+    main(["fit", "--config", DIGITS_AE, "--trainer.max_steps=1", "--trainer.max_epochs=1", *NO_LOGGER,
+          "--trainer.callbacks=[]", "--trainer.enable_checkpointing=true", f"--trainer.default_root_dir={tmp / 'ae'}"])
+    return next((tmp / "ae").rglob("*.ckpt"))
+
+
+def nan_autoencoder(tmp: Path) -> str:
+    checkpoint = torch.load(digits_ae(tmp), weights_only=True)
+    checkpoint["state_dict"] = {
+        key: torch.full_like(value, float("nan")) if key.startswith("encoder") and value.is_floating_point() else value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    torch.save(checkpoint, tmp / "nan_ae.ckpt")
+    return str(tmp / "nan_ae.ckpt")
 
 
 def crafted(tmp: Path) -> str:
@@ -251,6 +270,18 @@ CASES: dict[str, Case] = {
                                  patch=lambda mp: mp.setattr(checkpoint_io, "write_chunks", full_disk)),
     "evaluation-fails-midrun": Case(fit(RING, *MIDRUN, "--trainer.callbacks+=user_classes.FailingEvaluation"),
                                     ["FailingEvaluation failed at generator step 3", "saved in", "--ckpt_path last"], code=1),
+    # --- AE-OT ---
+    "aeot-frozen-untrained-autoencoder": Case(fit(DIGITS_AEOT, "--model.init_args.freeze_autoencoder=true"),
+                                              ["freeze_autoencoder", "untrained", "autoencoder_checkpoint"]),
+    "aeot-one-code": Case(fit(DIGITS_AEOT, "--model.init_args.ot_codes=1"), ["ot_codes", ">= 2"]),
+    "aeot-latent-mismatch": Case(lambda r, t: ["fit", "--config", DIGITS_AEOT,
+                                               f"--model.init_args.autoencoder_checkpoint={digits_ae(t)}",
+                                               "--model.init_args.encoder.init_args.latent_dim=6",
+                                               "--model.init_args.decoder.init_args.latent_dim=6"],
+                                 ["latent_dim 8", "set latent_dim: 8"]),
+    "aeot-autoencoder-with-nan": Case(lambda r, t: ["fit", "--config", DIGITS_AEOT,
+                                                    f"--model.init_args.autoencoder_checkpoint={nan_autoencoder(t)}"],
+                                      ["not finite"]),
     # --- genlit sample and evaluate ---
     "evaluate-batch-size-0": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--batch_size", "0"), ["--batch_size", "0"]),
     "evaluate-batch-size-negative": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--batch_size", "-5"), ["--batch_size", "-5"]),

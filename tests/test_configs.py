@@ -84,7 +84,17 @@ def test_config_trains_two_steps(config: Path, tmp_path: Path, monkeypatch: pyte
         offline.write_text(config.read_text().replace("features: inception", "features: tiny.PooledFeatures"))
         config = offline
     # AE-OT fits its map when the fit completes: on a few codes here, to a loose tolerance.
-    ot = ["--model.init_args.ot_codes=64", "--model.init_args.ot_tolerance=0.1"] if "class_path: AEOT" in config.read_text() else []
+    quick_ot = ["--model.init_args.ot_codes=64", "--model.init_args.ot_tolerance=0.1"]
+    ot = quick_ot if "class_path: AEOT\n" in config.read_text() else []
+    if "class_path: AEOTGAN" in config.read_text():
+        # AE-OT-GAN starts from a finished AE-OT run of the same data.
+        main(["fit", "--config", str(config.with_name("aeot.yaml")), *quick_ot,
+              *([f"--data.init_args.root={root}", "--data.init_args.download=false"] if root else []),
+              "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.callbacks=[]",
+              "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+              "--trainer.enable_checkpointing=true", f"--trainer.default_root_dir={tmp_path / 'aeot'}"])
+        start = next((tmp_path / "aeot").rglob("*.ckpt"))
+        ot = [f"--model.init_args.autoencoder_checkpoint={start}"]
     main([
         "fit", "--config", str(config), *ot,
         *([f"--data.init_args.root={root}", "--data.init_args.download=false"] if root else []),
@@ -99,8 +109,14 @@ def test_config_trains_two_steps(config: Path, tmp_path: Path, monkeypatch: pyte
 
     assert trainer.global_step == 2
     moved = {name for name, net in model.declared_networks() if _moved(net, before[name])}
-    # Networks without weights (AE-OT's identity embedding) have nothing to move.
-    expected = {name for name, net in model.declared_networks() if any(True for _ in net.parameters())}
+    if type(model).__name__ == "AEOTGAN":
+        # Loaded from the AE-OT run at setup, then kept fixed: its weights are that run's.
+        state = torch.load(start, weights_only=True)["state_dict"]
+        assert all(torch.equal(v, state[f"encoder.{k}"]) for k, v in model.encoder.state_dict().items())
+        moved.discard("encoder")
+    # Networks without weights (AE-OT's identity embedding) or kept fixed (AE-OT-GAN's encoder)
+    # have nothing to move.
+    expected = {name for name, net in model.declared_networks() if any(p.requires_grad for p in net.parameters())}
     if hasattr(model, "generator_updates"):
         # k critic steps come before the first generator step: with k >= 2, two optimizer steps
         # are two critic steps and the generator has not moved yet.

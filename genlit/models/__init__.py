@@ -2,6 +2,7 @@
 
 from genlit.models.ae import AE
 from genlit.models.aeot import AEOT
+from genlit.models.aeot_gan import AEOTGAN
 from genlit.models.base import AdversarialModel, GenerativeModel
 from genlit.models.gan import GAN
 from genlit.models.vae import VAE
@@ -9,4 +10,4 @@ from genlit.models.wae import WAE
 from genlit.models.wgan import WGAN, WGANGP
 
 __all__ = ["GenerativeModel", "AdversarialModel", "GAN", "WGAN", "WGANGP"]
-__all__ += ["AE", "AEOT", "VAE", "WAE"]
+__all__ += ["AE", "AEOT", "AEOTGAN", "VAE", "WAE"]

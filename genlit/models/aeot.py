@@ -34,6 +34,30 @@ OT_KEY = "genlit_ot"
 """Where checkpoints keep the fitted map (codes, heights, settings): tensors and plain values."""
 
 
+def save_ot(checkpoint: dict[str, Any], ot: SemiDiscreteOT | None) -> None:
+    """Puts a fitted map into a checkpoint dict (on the CPU; nothing when there is none)."""
+    if ot is not None:
+        checkpoint[OT_KEY] = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in ot.state_dict().items()}
+
+
+def load_ot(checkpoint: dict[str, Any], latent_dim: int) -> SemiDiscreteOT | None:
+    """The map a checkpoint holds (``None`` when it has none), checked against ``latent_dim``.
+
+    Raises:
+        GenlitError: the map's codes have another dimension than the model's latent space.
+    """
+    state = checkpoint.get(OT_KEY)
+    if state is None:
+        return None
+    dim = int(state["points"].shape[1])
+    if dim != latent_dim:
+        raise GenlitError(
+            f"the checkpoint's OT map has codes of dimension {dim}, this model's latent_dim is "
+            f"{latent_dim}: build the encoder and decoder with latent_dim: {dim}"
+        )
+    return SemiDiscreteOT.from_state_dict(state)
+
+
 def _their_latent_dim(own: dict[str, Tensor], theirs: dict[str, Tensor], latent_dim: int) -> int | None:
     """The latent size a checkpoint's decoder was built with, read off its first weight: the
     axis of that weight that has ``latent_dim`` entries here."""
@@ -311,21 +335,13 @@ class AEOT(AE):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.ot is not None:
-            checkpoint[OT_KEY] = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in self.ot.state_dict().items()}
+        save_ot(checkpoint, self.ot)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get(OT_KEY)
-        if state is None:
-            return
-        dim = int(state["points"].shape[1])
-        if dim != self.latent_dim:
-            raise GenlitError(
-                f"the checkpoint's OT map has codes of dimension {dim}, this model's latent_dim is "
-                f"{self.latent_dim}: build the encoder and decoder with latent_dim: {dim}"
-            )
-        self.ot = SemiDiscreteOT.from_state_dict(state).to(self.device)
+        ot = load_ot(checkpoint, self.latent_dim)
+        if ot is not None:
+            self.ot = ot.to(self.device)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
