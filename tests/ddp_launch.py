@@ -38,6 +38,12 @@ CASES = {
     "ae": ("configs/digits/ae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
     "vae": ("configs/digits/vae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
     "wae_gan": ("configs/digits/wae_gan.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
+    # AE-OT: the codes of both ranks gathered, one map fitted and shared; AE-OT-GAN from it.
+    "aeot": ("configs/digits/aeot.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0",
+                                          "--model.init_args.ot_codes=200", "--model.init_args.ot_tolerance=0.1"]),
+    "aeot_gan": ("configs/digits/aeot_gan.yaml", [
+        "--generator_steps=6", "--trainer.limit_val_batches=0",
+        "--model.init_args.autoencoder_checkpoint={out}/aeot/digits/aeot/version_0/checkpoints/last.ckpt"]),
 }
 # Every run also checks, at each evaluation point, that the ranks hold the same networks.
 CHECKS = ["--trainer.callbacks+=ddp_checks.RanksAgree"]
@@ -67,6 +73,7 @@ if __name__ == "__main__":
     LightningCLI._run_subcommand = report_ranks(LightningCLI._run_subcommand)
     for case, (config, extra) in CASES.items():
         announce(case)
+        extra = [a.format(out=out) for a in extra]
         main(["fit", "--config", config, *DDP, *CHECKS, *extra, f"--trainer.logger.init_args.save_dir={out / case}"])
     announce("fid")
     sys.path.insert(0, str(Path(__file__).resolve().parent))

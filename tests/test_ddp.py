@@ -50,14 +50,16 @@ def test_every_rank_evaluates_and_saves_the_same_networks(ddp_runs):
     for case in CASES:
         line = re.search(r"agree: (.*)", sections[case])
         assert line, (case, sections[case][-2000:])
-        found = dict(part.split("=", 1) for part in line.group(1).split(" ", 5))
+        found = dict(part.split("=", 1) for part in line.group(1).split(" ", 7))
         assert found["params_same"] == "True", (case, line.group(1))
         assert found["buffers_same"] == "True", (case, line.group(1))
         assert found["checkpoint_same"] == "True", (case, line.group(1))
         assert int(found["evaluations"]) >= 2 and found["differed"] == "[]", (case, line.group(1))
+        assert found["ot_same"] == "True", (case, line.group(1))
+        assert found["ot"] == str(case.startswith("aeot")), (case, line.group(1))  # the map is in the file
         if int(found["buffers"]) > 1:
             with_buffers.append(case)
-    assert {"gan_images", "ae", "vae", "wae_gan"} <= set(with_buffers)
+    assert {"gan_images", "ae", "vae", "wae_gan", "aeot", "aeot_gan"} <= set(with_buffers)
 
 
 def test_fid_under_ddp_equals_one_process(ddp_runs):
