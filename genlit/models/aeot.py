@@ -12,7 +12,6 @@ does; the OT fit runs once the training is complete (its own stage, with a progr
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 import warnings
@@ -227,7 +226,7 @@ class AEOT(AE):
         """The encoder's codes (eval mode) of the first ``n`` training samples ``batches`` gives."""
         codes, have = [], 0
         with self._evaluating():
-            for batch in itertools.islice(batches, 1_000_000):
+            for batch in batches:
                 z = self.encoder(self.unpack(self.prepare_batch(batch)))
                 codes.append(z[: n - have])
                 have += len(codes[-1])
