@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from genlit.batches import full_pass
-from genlit.checkpoints import read_checkpoint
 from genlit.errors import GenlitError
 from genlit.models import random_state
 from genlit.models.ae import AE
@@ -171,6 +170,8 @@ class AEOT(AE):
             GenlitError: the file is unreadable, holds no autoencoder, or was built with
                 another latent size or architecture than this model's networks.
         """
+        from genlit.checkpoints import read_checkpoint  # genlit.checkpoints imports the models
+
         state = read_checkpoint(path)["state_dict"]
         own = self.state_dict()
         wanted = [key for key in own if key.startswith(("encoder.", "decoder."))]

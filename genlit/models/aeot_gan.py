@@ -18,7 +18,6 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from genlit.checkpoints import read_checkpoint
 from genlit.errors import GenlitError
 from genlit.losses import discriminator_loss, generator_loss
 from genlit.models.aeot import load_ot, save_ot
@@ -152,6 +151,8 @@ class AEOTGAN(AdversarialModel):
         Raises:
             GenlitError: unreadable file, no fitted map, or networks of another shape.
         """
+        from genlit.checkpoints import read_checkpoint  # genlit.checkpoints imports the models
+
         checkpoint = read_checkpoint(path)
         if checkpoint.get("genlit_ot") is None:
             raise GenlitError(
