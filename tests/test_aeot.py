@@ -232,3 +232,13 @@ def test_aeot_gan_needs_a_fitted_aeot(tmp_path):
     _, path = _aeot_checkpoint(tmp_path)
     with pytest.raises(GenlitError, match="reconstruction mse, the config says bce"):
         _trainer(tmp_path).fit(_gan(path, reconstruction="bce"), _digits())
+
+
+def test_genlit_checkpoints_imports_first():
+    # genlit.checkpoints imports the models, which read checkpoints: no import cycle either way.
+    import subprocess
+    import sys
+
+    for module in ("genlit.checkpoints", "genlit.models.aeot_gan", "genlit.evaluate"):
+        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
