@@ -31,8 +31,8 @@ def _stdout(notebook: nbformat.NotebookNode) -> str:
     )
 
 
-def test_there_are_seven_notebooks():
-    assert [p.name[:3] for p in NOTEBOOKS] == [f"0{i}_" for i in range(1, 8)]
+def test_there_are_eight_notebooks():
+    assert [p.name[:3] for p in NOTEBOOKS] == [f"0{i}_" for i in range(1, 9)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
