@@ -160,7 +160,7 @@ class AEOT(AE):
             )
         if stage == "fit" and not self.trains_networks:
             # Nothing to optimise: Lightning's notes about it say nothing about this run.
-            warnings.filterwarnings("ignore", message=r".*`configure_optimizers` returned `None`")
+            warnings.filterwarnings("ignore", message=r".*configure_optimizers` returned `None`")
             warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 
     def load_autoencoder(self, path: str) -> None:
