@@ -66,7 +66,31 @@ def _their_latent_dim(own: dict[str, Tensor], theirs: dict[str, Tensor], latent_
     return int(theirs[key].shape[axes[0]]) if axes else None
 
 
-class AEOT(AE):
+class CarriesOTMap:
+    """The fitted OT map (``self.ot``) in every checkpoint, and on the model's device for a fit.
+
+    Mixed into :class:`AEOT` and :class:`genlit.models.AEOTGAN` before their Lightning base.
+    """
+
+    ot: SemiDiscreteOT | None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        save_ot(checkpoint, self.ot)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        ot = load_ot(checkpoint, self.latent_dim)  # type: ignore[attr-defined]
+        if ot is not None:
+            self.ot = ot.to(self.device)  # type: ignore[attr-defined]
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()  # type: ignore[misc]
+        if self.ot is not None:
+            self.ot.to(self.device)  # type: ignore[attr-defined]
+
+
+class AEOT(CarriesOTMap, AE):
     """An autoencoder whose ``sample`` decodes codes from the semi-discrete OT map (AE-OT).
 
     Training is :class:`AE`'s (reconstruction only; the ex-post Gaussian is fitted too, so one
@@ -330,20 +354,3 @@ class AEOT(AE):
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), device=self.device).item()))
         codes = self.ot.generate(n, self.k, self.angle_threshold, self.weight, generator=generator)
         return codes.to(self.device, self.latent_mean.dtype)
-
-    # --- checkpoints ---------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        save_ot(checkpoint, self.ot)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        ot = load_ot(checkpoint, self.latent_dim)
-        if ot is not None:
-            self.ot = ot.to(self.device)
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.ot is not None:
-            self.ot.to(self.device)

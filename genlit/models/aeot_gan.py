@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from genlit.errors import GenlitError
 from genlit.losses import discriminator_loss, generator_loss
-from genlit.models.aeot import load_ot, save_ot
+from genlit.models.aeot import CarriesOTMap, load_ot
 from genlit.models.base import AdversarialModel
 from genlit.models.gan import GANLoss
 from genlit.ot import SemiDiscreteOT
@@ -44,7 +44,7 @@ def _has_features(discriminator: nn.Module) -> bool:
     return callable(getattr(discriminator, "features", None)) or (isinstance(net, nn.Sequential) and len(net) > 1)
 
 
-class AEOTGAN(AdversarialModel):
+class AEOTGAN(CarriesOTMap, AdversarialModel):
     """AE-OT-GAN: a generator started from a trained AE-OT's decoder, trained against a discriminator.
 
     Each discriminator step scores real images against two kinds of fakes, ``G(E(x))`` for the
@@ -189,7 +189,7 @@ class AEOTGAN(AdversarialModel):
         return torch.tanh(raw / 2) if self.reconstruction == "bce" else torch.tanh(raw)
 
     def generate(self, z: Tensor, network: nn.Module | None = None) -> Tensor:
-        """Images ``G(z)`` of codes ``z``."""
+        """Images ``G(z)`` of codes ``z``, through the AE's link (``sample`` decodes OT codes with it)."""
         return self.to_images((network or self.generator)(z))
 
     def noise(self, n: int) -> Tensor:
@@ -205,16 +205,6 @@ class AEOTGAN(AdversarialModel):
         self.encoder.eval()
         with torch.no_grad():
             return self.encoder(x)
-
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        generator = self.sampling_generator
-        was_training = generator.training
-        generator.eval()
-        try:
-            return self.generate(self.noise(n), generator)
-        finally:
-            generator.train(was_training)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -263,20 +253,3 @@ class AEOTGAN(AdversarialModel):
             loss = loss + self.feature_weight * feature
             out["feature"] = feature.detach()
         return {"loss": loss, **out}
-
-    # --- checkpoints ---------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        save_ot(checkpoint, self.ot)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        ot = load_ot(checkpoint, self.latent_dim)
-        if ot is not None:
-            self.ot = ot.to(self.device)
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.ot is not None:
-            self.ot.to(self.device)

@@ -451,9 +451,14 @@ class AdversarialModel(GenerativeModel):
         was_training = generator.training
         generator.eval()
         try:
-            return generator(self.noise(n))
+            return self.generate(self.noise(n), generator)
         finally:
             generator.train(was_training)
+
+    def generate(self, z: Tensor, network: nn.Module | None = None) -> Tensor:
+        """Samples ``network(z)`` of latent vectors ``z`` (the generator by default); a family
+        whose generator needs an output link (AE-OT-GAN's decoder) overrides it."""
+        return (network or self.generator)(z)
 
     def configure_model(self) -> None:
         """Applies the speed options (memory layout, compilation) before training starts."""
