@@ -12,8 +12,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules.images import Digits
 from datamodules.toy import GaussianRing
-from genlit.models import GAN, VAE, WAE, WGANGP
+from genlit.models import BEGAN, GAN, VAE, WAE, WGANGP
 from genlit.networks.autoencoders import LatentDiscriminator, MLPDecoder, MLPEncoder
+from genlit.networks.began import BEGANAutoencoder, BEGANDecoder
 from genlit.networks.mlp import MLPDiscriminator, MLPGenerator
 
 adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.9))
@@ -38,6 +39,11 @@ def wae_gan():
     return WAE(encoder, decoder, LatentDiscriminator(4, 16, 2), adam, adam, regularizer="gan")
 
 
+def began():
+    # A large gain, so that k_t is well inside (0, 1) at the checkpoint.
+    return BEGAN(BEGANDecoder(8, 1, 8, 8), BEGANAutoencoder(1, 8, 8, 8), adam, adam, lambda_k=0.5)
+
+
 def toy():
     return GaussianRing(batch_size=32, samples_per_epoch=320, val_samples=64)
 
@@ -53,6 +59,7 @@ CASES = {
     "wgan_gp_mid_cycle": (wgan_gp, toy, 8),  # 7 critic updates: stopped inside the n_critic cycle
     "vae": (vae, digits, 30),
     "wae_gan": (wae_gan, digits, 30),
+    "began": (began, digits, 30),  # k_t mid-run in the checkpoint
 }
 
 
@@ -97,3 +104,6 @@ def test_resume_is_bitwise_exact(case, tmp_path):
     if hasattr(whole, "discriminator_updates"):
         assert resumed.discriminator_updates == whole.discriminator_updates
         assert resumed.generator_updates == whole.generator_updates
+    if case == "began":
+        k = torch.load(middle, weights_only=True)["state_dict"]["k"]
+        assert 0 < k < 1 and k != whole.k, (k, whole.k)

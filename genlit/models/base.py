@@ -504,6 +504,7 @@ class AdversarialModel(GenerativeModel):
             self.generator_updates += 1
             if self.generator_ema is not None:
                 self.generator_ema.update_parameters(self.generator)
+            self.after_generator_update(g_out)
         if self.logs_this_step():
             self.log_phase("train", d_out, g_out)
 
@@ -513,6 +514,10 @@ class AdversarialModel(GenerativeModel):
 
     def after_discriminator_update(self) -> None:
         """Hook run after each discriminator update (WGAN clips its weights here)."""
+
+    def after_generator_update(self, outputs: dict[str, Tensor]) -> None:
+        """Hook run after each generator update, with the generator step's outputs; values it
+        adds to ``outputs`` are logged with them (BEGAN updates and logs ``k`` here)."""
 
     def discriminator_step(self, real: Tensor) -> dict[str, Tensor]:
         """The discriminator's loss on one batch; returns at least ``{"loss": ...}``."""
