@@ -28,13 +28,15 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ["mmgan", "nsgan", "lsgan", "wgan", "wgan_gp", "vae", "ae", "wae_mmd", "wae_gan"]
+MODELS = ["mmgan", "nsgan", "lsgan", "wgan", "wgan_gp", "began", "vae", "glann", "ae", "wae_mmd", "wae_gan"]
 NAMES = {
     "mmgan": "GAN (minimax)",
     "nsgan": "NS GAN",
     "lsgan": "LSGAN",
     "wgan": "WGAN",
     "wgan_gp": "WGAN-GP",
+    "began": "BEGAN",
+    "glann": "GLANN",
     "vae": "VAE",
     "ae": "AE + ex-post Gaussian",
     "wae_mmd": "WAE-MMD",
@@ -46,6 +48,8 @@ FEATURES = {
     "mnist": ("mnist", "test"),
     "fashion_mnist": ("fashion_mnist", "test"),
 }
+# Images in each dataset's training source (validation included), for GLANN's stage split.
+TRAIN_IMAGES = {"digits": 1797, "mnist": 60000, "fashion_mnist": 60000}
 # Replaces the configs' callbacks and validation: the table measures once, at the end.
 QUIET = {
     "trainer": {
@@ -62,6 +66,15 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
+def stage_arguments(dataset: str, model: str, steps: int) -> list[str]:
+    """GLANN's GLO stage takes the first half of the budget (in whole epochs), IMLE the rest."""
+    if model != "glann":
+        return []
+    data = yaml.safe_load((REPO / "configs" / dataset / "glann.yaml").read_text())["data"]["init_args"]
+    batches = int(TRAIN_IMAGES[dataset] * (1 - data.get("val_fraction", 0.0))) // data["batch_size"]
+    return [f"--model.init_args.glo_epochs={max(1, round(steps / 2 / batches))}"]
+
+
 def train(dataset: str, model: str, steps: int, args: argparse.Namespace, quiet: Path) -> Path:
     """Runs ``genlit fit`` for one config and returns its last checkpoint."""
     config = REPO / "configs" / dataset / f"{model}.yaml"
@@ -75,6 +88,7 @@ def train(dataset: str, model: str, steps: int, args: argparse.Namespace, quiet:
         f"--seed_everything={args.seed}",
         f"--trainer.logger.init_args.save_dir={args.out}",
         f"--trainer.logger.init_args.version={version}",
+        *stage_arguments(dataset, model, steps),
     ]  # fmt: skip
     if args.device != "cpu":
         command.append(f"--trainer.accelerator={args.device}")

@@ -26,6 +26,18 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+class PositionedSubset(Subset):
+    """A :class:`~torch.utils.data.Subset` whose samples also carry their position in the
+    whole dataset: ``(image, label, position)``."""
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        position = self.indices[i]
+        return (*self.dataset[position], position)
+
+    def __getitems__(self, positions: list[int]) -> list[tuple[Any, ...]]:
+        return [self[i] for i in positions]
+
+
 class ImageDataModule(LightningDataModule):
     """Base class: splits, loaders, the in-memory path and argument checks for image datasets.
 
@@ -50,6 +62,10 @@ class ImageDataModule(LightningDataModule):
             batches there, instead of decoding images per batch in DataLoader workers.
             None: the dataset's default: True, except False for CelebA (about 2.4 GB at 64x64)
             and ImageFolder.
+        indices: Give every batch a third element, each image's position in its source split
+            (int64, shape (B,)): batches become ``(images, labels, positions)``. Models that
+            learn one code per training image (GLANN) need it; the positions run from 0 to
+            ``index_count - 1``.
     """
 
     dataset_name: ClassVar[str] = "images"
@@ -72,6 +88,7 @@ class ImageDataModule(LightningDataModule):
         val_fraction: float = 0.0,
         seed: int = 0,
         in_memory: bool | None = None,
+        indices: bool = False,
     ) -> None:
         super().__init__()
         defaulted: dict[str, Any] = {}  # arguments given as None: this dataset's defaults
@@ -102,6 +119,7 @@ class ImageDataModule(LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.in_memory = in_memory
+        self.indices = indices
         self._image_size = image_size
         self._channels = self.native_channels
         self._cache = DeviceCache()
@@ -122,6 +140,16 @@ class ImageDataModule(LightningDataModule):
     def dims(self) -> tuple[int, int, int]:
         """Shape of one image, (C, H, W)."""
         return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def index_count(self) -> int:
+        """Images in the training source split (validation included): the range of the
+        positions ``indices=True`` gives. Known after ``setup``."""
+        if "train" in self._cache:
+            return len(self._cache.cpu["train"][0])
+        if "train" in self._datasets:
+            return len(self._datasets["train"])
+        raise RuntimeError(f"{self.dataset_name} is not set up: call setup() before index_count")
 
     @property
     def has_test_split(self) -> bool:
@@ -233,7 +261,7 @@ class ImageDataModule(LightningDataModule):
         dataset = (
             IndexDataset(source, positions)
             if self.in_memory
-            else Subset(self._datasets[source], positions.tolist())
+            else (PositionedSubset if self.indices else Subset)(self._datasets[source], positions.tolist())
         )
         common: dict[str, Any] = dict(batch_size=self.batch_size, drop_last=train)
         if train:
@@ -274,7 +302,8 @@ class ImageDataModule(LightningDataModule):
             dataloader_idx: Index of the dataloader the batch came from (unused).
         """
         if isinstance(batch, IndexBatch):
-            return self.gather(batch.indices, batch.source)
+            images, labels = self.gather(batch.indices, batch.source)
+            return (images, labels, batch.indices) if self.indices else (images, labels)
         return batch
 
     def gather(self, indices: Tensor, source: str = "train") -> tuple[Tensor, Tensor]:

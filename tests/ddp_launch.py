@@ -38,6 +38,13 @@ CASES = {
     "ae": ("configs/digits/ae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
     "vae": ("configs/digits/vae.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
     "wae_gan": ("configs/digits/wae_gan.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
+    # BEGAN: k_t from the balance averaged over both ranks, the same on each.
+    "began": ("configs/digits/began.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0"]),
+    # GLANN: one GLO epoch (per-image codes, dense gradients reduced), then IMLE, whose matching
+    # every rank computes alike from its own noise stream.
+    "glann": ("configs/digits/glann.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0",
+                                            "--model.init_args.glo_epochs=1", "--trainer.max_epochs=2",
+                                            "--trainer.limit_train_batches=3"]),
     # AE-OT: the codes of both ranks gathered, one map fitted and shared; AE-OT-GAN from it.
     "aeot": ("configs/digits/aeot.yaml", ["--generator_steps=6", "--trainer.limit_val_batches=0",
                                           "--model.init_args.ot_codes=200", "--model.init_args.ot_tolerance=0.1"]),

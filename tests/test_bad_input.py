@@ -33,6 +33,8 @@ DIGITS = str(REPO / "configs/digits/nsgan.yaml")
 MNIST = str(REPO / "configs/mnist/nsgan.yaml")
 DIGITS_AE = str(REPO / "configs/digits/ae.yaml")
 DIGITS_AEOT = str(REPO / "configs/digits/aeot.yaml")
+DIGITS_BEGAN = str(REPO / "configs/digits/began.yaml")
+DIGITS_GLANN = str(REPO / "configs/digits/glann.yaml")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0"]
 NO_LOGGER = [*QUIET, "--trainer.logger=false"]
 
@@ -282,6 +284,20 @@ CASES: dict[str, Case] = {
     "aeot-autoencoder-with-nan": Case(lambda r, t: ["fit", "--config", DIGITS_AEOT,
                                                     f"--model.init_args.autoencoder_checkpoint={nan_autoencoder(t)}"],
                                       ["not finite"]),
+    # --- BEGAN and GLANN ---
+    "began-gamma-0": Case(fit(DIGITS_BEGAN, "--model.init_args.gamma=0"), ["gamma", "(0, 1]"]),
+    "began-classifier-discriminator": Case(fit(DIGITS_BEGAN, *QUIET, "--generator_steps=2",
+                                               "--model.init_args.discriminator=genlit.networks.dcgan.DCGANDiscriminator",
+                                               "--model.init_args.discriminator.init_args.image_size=16",
+                                               "--model.init_args.discriminator.init_args.channels=1"),
+                                           ["must be an autoencoder", "BEGANAutoencoder"]),
+    "glann-without-positions": Case(fit(DIGITS_GLANN, "--data.init_args.indices=false"),
+                                    ["needs each image's position", "indices: true"]),
+    "glann-budget-inside-glo": Case(fit(DIGITS_GLANN, "--trainer.max_epochs=50"),
+                                    ["max_epochs=50 ends inside the GLO stage", "glo_epochs=100"]),
+    "glann-perceptual-without-vgg": Case(fit(DIGITS_GLANN, "--model.init_args.reconstruction=perceptual",
+                                             "--model.init_args.vgg_weights={tmp}/vgg16.pth"),
+                                         ["VGG16", "not found", "reconstruction: laplacian"]),
     # --- genlit sample and evaluate ---
     "evaluate-batch-size-0": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--batch_size", "0"), ["--batch_size", "0"]),
     "evaluate-batch-size-negative": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--batch_size", "-5"), ["--batch_size", "-5"]),

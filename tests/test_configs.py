@@ -86,6 +86,7 @@ def test_config_trains_two_steps(config: Path, tmp_path: Path, monkeypatch: pyte
     # AE-OT fits its map when the fit completes: on a few codes here, to a loose tolerance.
     quick_ot = ["--model.init_args.ot_codes=64", "--model.init_args.ot_tolerance=0.1"]
     ot = quick_ot if "class_path: AEOT\n" in config.read_text() else []
+    glann = "class_path: GLANN" in config.read_text()
     if "class_path: AEOTGAN" in config.read_text():
         # AE-OT-GAN starts from a finished AE-OT run of the same data.
         main(["fit", "--config", str(config.with_name("aeot.yaml")), *quick_ot,
@@ -103,11 +104,13 @@ def test_config_trains_two_steps(config: Path, tmp_path: Path, monkeypatch: pyte
         "--trainer.check_val_every_n_epoch=1", "--trainer.num_sanity_val_steps=0",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path}",
+        # GLANN trains its generator in the GLO epochs and its mapper after: two steps of each.
+        *(["--model.init_args.glo_epochs=1", "--trainer.max_epochs=2", "--trainer.max_steps=4"] if glann else []),
     ])
     model, trainer, before = seen["cli"].model, seen["cli"].trainer, seen["before"]
     assert before, f"{type(model).__name__} declares no networks"
 
-    assert trainer.global_step == 2
+    assert trainer.global_step == (4 if glann else 2)
     moved = {name for name, net in model.declared_networks() if _moved(net, before[name])}
     if type(model).__name__ == "AEOTGAN":
         # Loaded from the AE-OT run at setup, then kept fixed: its weights are that run's.
