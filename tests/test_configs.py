@@ -78,6 +78,7 @@ def test_config_trains_two_steps(config: Path, tmp_path: Path, monkeypatch: pyte
         seen["cli"] = self
 
     monkeypatch.setattr(LightningCLI, "_run_subcommand", spy)
+    sibling = config.with_name("aeot.yaml")  # AE-OT-GAN's starting run, next to it in configs/
     if "features: inception" in config.read_text():
         # Every fit ends with an FID evaluation; Inception's weights are not on test machines.
         offline = tmp_path / config.name
@@ -89,7 +90,7 @@ def test_config_trains_two_steps(config: Path, tmp_path: Path, monkeypatch: pyte
     glann = "class_path: GLANN" in config.read_text()
     if "class_path: AEOTGAN" in config.read_text():
         # AE-OT-GAN starts from a finished AE-OT run of the same data.
-        main(["fit", "--config", str(config.with_name("aeot.yaml")), *quick_ot,
+        main(["fit", "--config", str(sibling), *quick_ot,
               *([f"--data.init_args.root={root}", "--data.init_args.download=false"] if root else []),
               "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.callbacks=[]",
               "--trainer.logger=false", "--trainer.enable_progress_bar=false",
