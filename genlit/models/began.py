@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from genlit.errors import GenlitError
 from genlit.models.base import AdversarialModel
@@ -32,7 +32,9 @@ class BEGAN(AdversarialModel):
 
     The discriminator phase leaves the generator frozen and the generator phase the
     discriminator, so ``L_G`` never reaches the discriminator's weights. Images must lie in
-    [-1, 1], the range of the tanh both of genlit's BEGAN decoders end in.
+    [-1, 1], the range of the tanh genlit's BEGAN discriminator ends in; the generator ends
+    linearly, as in the paper (a tanh there saturated to all-black images on MNIST), and
+    ``sample`` clamps its outputs to [-1, 1].
 
     Defaults are the paper's: gamma 0.5, lambda_k 0.001, Adam with lr 1e-4 and beta1 0.5 (set
     it in the config; the paper decays the rate when the convergence measure stalls).
@@ -61,6 +63,11 @@ class BEGAN(AdversarialModel):
         self.lambda_k = lambda_k
         self.register_buffer("k", torch.tensor(float(k_init)))
         self._real_error: Tensor | None = None  # L(x) of the last discriminator step
+
+    def generate(self, z: Tensor, network: nn.Module | None = None) -> Tensor:
+        """Samples for grids, FID and ``genlit sample``: the generator's images clamped to [-1, 1]
+        (training uses them unclamped, so that values outside cost reconstruction error)."""
+        return super().generate(z, network).clamp(-1.0, 1.0)
 
     def reconstruction_error(self, v: Tensor) -> Tensor:
         """``L(v)``: the discriminator's mean absolute reconstruction error over the batch."""

@@ -154,8 +154,10 @@ class GLANN(GenerativeModel):
         cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], device=codes.device)
         return torch.distributions.MultivariateNormal(mean, cov).sample((n,)).to(codes.dtype)
 
-    def reconstruct(self, x: Tensor, positions: Tensor) -> Tensor:
-        """``G(z_i)`` for the images at ``positions`` (their learned codes)."""
+    @torch.no_grad()
+    def decode_codes(self, positions: Tensor) -> Tensor:
+        """``G(z_i)``, the GLO reconstruction of the training images at ``positions``. (GLANN has
+        no encoder: it reconstructs only the images it learned a code for.)"""
         return self.generator(self.codes(positions))
 
     # --- the codes -----------------------------------------------------------------------

@@ -5,11 +5,17 @@ by ``width`` at each level and whose resolution halves between levels (strided 3
 down to an embedding of ``hidden_dim`` values; and a decoder of the same shape as the generator.
 The generator (and the decoder) project to ``width`` channels at 8x8 (7x7 for 28x28 images), then
 alternate two 3x3 ELU convolutions with a nearest-neighbour 2x upsampling up to the image size.
-Unlike the paper, both decoders end in tanh, so that their outputs have the data's range [-1, 1]
-and BEGAN compares real images and reconstructions in the same normalisation.
+The discriminator's decoder ends in tanh, so that its reconstructions have the data's range
+[-1, 1] and BEGAN compares real images and reconstructions in the same normalisation. The
+generator ends linearly, as in the paper: a tanh there saturates. On MNIST a tanh generator
+turned out all-black images within one epoch, at pre-activations near -15, where tanh passes a
+gradient of about 1e-12, so it could not leave them; a linear output keeps its gradient, and values outside [-1, 1]
+cost it reconstruction error (``BEGAN.sample`` clamps them).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -46,7 +52,7 @@ def _conv(inputs: int, outputs: int, stride: int = 1) -> nn.Conv2d:
 
 class BEGANDecoder(nn.Module):
     """BEGAN's generator (and the decoder half of its discriminator): ``(B, latent_dim)`` to
-    images ``(B, channels, size, size)`` in [-1, 1].
+    images ``(B, channels, size, size)``.
 
     Args:
         latent_dim: Size of the input code (the noise of the generator, the discriminator's
@@ -54,9 +60,18 @@ class BEGANDecoder(nn.Module):
         channels: Channels of the images.
         image_size: Side of the square images: 8, 16, 28, 32, 64 or 128.
         width: Channels ``n`` of every convolution (the paper's 64 or 128).
+        output: The last layer's activation: ``linear`` (the paper's, and the generator's
+            default) or ``tanh`` (outputs in [-1, 1], the discriminator's decoder).
     """
 
-    def __init__(self, latent_dim: int = 64, channels: int = 3, image_size: int = 64, width: int = 64) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 64,
+        channels: int = 3,
+        image_size: int = 64,
+        width: int = 64,
+        output: Literal["linear", "tanh"] = "linear",
+    ) -> None:
         super().__init__()
         _check_positive(type(self).__name__, latent_dim=latent_dim, channels=channels, width=width)
         start, levels = _levels(type(self).__name__, image_size)
@@ -71,7 +86,9 @@ class BEGANDecoder(nn.Module):
             blocks += [_conv(width, width), nn.ELU(), _conv(width, width), nn.ELU()]
             if level < levels - 1:
                 blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        blocks += [_conv(width, channels), nn.Tanh()]
+        if output not in ("linear", "tanh"):
+            raise ValueError(f"BEGANDecoder: output must be 'linear' or 'tanh', got {output!r}")
+        blocks += [_conv(width, channels), nn.Tanh()] if output == "tanh" else [_conv(width, channels)]
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -130,7 +147,7 @@ class BEGANAutoencoder(nn.Module):
         self.image_size = image_size
         self.hidden_dim = hidden_dim
         self.encoder = BEGANEncoder(channels, image_size, width, hidden_dim)
-        self.decoder = BEGANDecoder(hidden_dim, channels, image_size, width)
+        self.decoder = BEGANDecoder(hidden_dim, channels, image_size, width, output="tanh")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder(x))
