@@ -294,3 +294,10 @@ def test_toy_epochs_are_fresh_seeded_and_leave_the_global_rng_alone():
     again = SwissRoll(batch_size=8, samples_per_epoch=24, seed=5).train_dataloader()
     torch.testing.assert_close(torch.stack(list(again)), first, rtol=0, atol=0)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_image_positions_do_not_change_the_fid_reference(monkeypatch):
+    # indices: true (GLANN) adds positions to batches, not other images: the cached
+    # statistics of the same split are shared.
+    monkeypatch.chdir("/")
+    assert reference_key(MNIST(indices=True), "train", _Features()) == reference_key(MNIST(), "train", _Features())

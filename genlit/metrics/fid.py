@@ -52,7 +52,7 @@ __all__ = [
 
 _CACHE_VERSION = 1
 # Datamodule arguments that change how images are loaded, not which images: left out of the key.
-_LOADER_ONLY = {"batch_size", "num_workers", "in_memory", "download", "pin_memory"}
+_LOADER_ONLY = {"batch_size", "num_workers", "in_memory", "download", "pin_memory", "indices"}
 # Attributes of genlit's image datamodules that pick the images, whatever the hparams recorded.
 _CONTENT_ATTRIBUTES = {"root", "test_root", "image_size", "channels", "val_fraction", "seed"}
 
