@@ -9,11 +9,12 @@ from datamodules.images import (
     FashionMNIST,
     ImageDataModule,
     ImageFolder,
+    StackedMNIST,
 )
 from datamodules.toy import GaussianGrid, GaussianRing, ParallelLines, SwissRoll, ToyDataModule
 
 __all__ = [
     "CIFAR10", "MNIST", "CelebA", "DatasetNotFoundError", "Digits", "FashionMNIST",
     "ImageDataModule", "ImageFolder", "GaussianGrid", "GaussianRing", "ParallelLines",
-    "SwissRoll", "ToyDataModule",
+    "SwissRoll", "ToyDataModule", "StackedMNIST",
 ]

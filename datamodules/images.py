@@ -1,4 +1,5 @@
-"""Image LightningDataModules: MNIST, Fashion-MNIST, CIFAR-10, CelebA, image folders, digits.
+"""Image LightningDataModules: MNIST, Stacked MNIST, Fashion-MNIST, CIFAR-10, CelebA, image
+folders, digits.
 
 Every module yields ``(images, labels)`` batches: images float32 (B, C, H, W) in [-1, 1] (the
 range of a tanh generator), labels int64 (B,). Datasets come through torchvision's own classes,
@@ -44,6 +45,7 @@ __all__ = [
     "CIFAR10",
     "MNIST",
     "CelebA",
+    "StackedMNIST",
     "DataError",
     "DatasetNotFoundError",
     "Digits",
@@ -121,6 +123,85 @@ class MNIST(_IDXDataModule):
 
     dataset_name = "MNIST"
     torchvision_class = torchvision.datasets.MNIST
+
+
+class StackedDigits(Dataset):
+    """Three images of a one-channel dataset stacked into the channels of one: Stacked MNIST.
+
+    Item ``i`` stacks the images at ``triples[i]`` (channel 0 first) and is labelled
+    ``100 a + 10 b + c`` from their labels ``(a, b, c)``.
+    """
+
+    def __init__(self, base: Dataset, triples: Tensor) -> None:
+        self.base = base
+        self.triples = triples
+        targets = getattr(base, "targets", None)
+        self.targets = None if targets is None else stacked_labels(targets[triples])
+        self.data = getattr(base, "data", None)
+
+    def __len__(self) -> int:
+        return len(self.triples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        items = [self.base[int(j)] for j in self.triples[i]]
+        image = torch.cat([x for x, _ in items], dim=0)  # (3, H, W)
+        return image, int(stacked_labels(torch.tensor([[int(y) for _, y in items]]))[0])
+
+
+def stacked_labels(digits: Tensor) -> Tensor:
+    """``100 a + 10 b + c`` of each row ``(a, b, c)`` of digit labels ``(N, 3)``."""
+    places = 10 ** torch.arange(digits.shape[1] - 1, -1, -1)
+    return (digits.long() * places).sum(dim=1)
+
+
+class StackedMNIST(_IDXDataModule):
+    """Stacked MNIST (Metz et al. 2017): three random MNIST digits in the channels of one
+    28x28x3 image, so 1,000 classes (modes), labelled ``100 a + 10 b + c``.
+
+    The standard image-scale test of mode collapse: a generator covering every mode shows all
+    1,000 digit triples (:class:`genlit.callbacks.ClassCoverage` with ``stacked: true``
+    counts them with the MNIST classifier, channel by channel). The triples are drawn
+    uniformly, with replacement, from the MNIST split by ``stack_seed``: the training images
+    from the 60,000 training digits, the test images from the 10,000 test digits. Files as for
+    :class:`MNIST`.
+
+    Args:
+        num_images: Stacked images per source split; ``None``: as many as the split has digits
+            (60,000 and 10,000). The published setups train on 25,600 to 128,000.
+        stack_seed: Seed of the triples (the validation split and shuffle use ``seed``).
+        **kwargs: :class:`ImageDataModule`'s arguments.
+    """
+
+    dataset_name = "StackedMNIST"
+    torchvision_class = torchvision.datasets.MNIST
+    native_channels = 3
+
+    def __init__(self, num_images: int | None = None, stack_seed: int = 0, **kwargs: Any) -> None:
+        if num_images is not None and num_images < 1:
+            raise ValueError(f"num_images must be >= 1 or null, got {num_images}")
+        super().__init__(**kwargs)
+        self.num_images = num_images
+        self.stack_seed = stack_seed
+
+    def _raw(self) -> Path:
+        return Path(self.root).expanduser().resolve() / "MNIST" / "raw"
+
+    def _triples(self, source: str, digits: int) -> Tensor:
+        n = self.num_images or digits
+        offset = 0 if source == "train" else 1  # the test triples are another stream
+        generator = torch.Generator().manual_seed(self.stack_seed * 2 + offset)
+        return torch.randint(digits, (n, 3), generator=generator)
+
+    def _open(self, source: str, transform: Any) -> Dataset:
+        base = super()._open(source, transform)
+        return StackedDigits(base, self._triples(source, len(base)))
+
+    def _float_transform(self) -> T.Compose:
+        return T.Compose([*self._spatial(), T.ToTensor(), T.Normalize([0.5], [0.5])])  # per digit
+
+    def _native(self, dataset: Dataset) -> tuple[Tensor, Tensor] | None:
+        digits = dataset.base.data  # (M, 28, 28)
+        return digits[dataset.triples], dataset.targets  # (N, 3, 28, 28), (N,)
 
 
 class FashionMNIST(_IDXDataModule):

@@ -172,3 +172,33 @@ def complete_batch_progress(trainer: Any) -> None:
     progress = trainer.fit_loop.epoch_loop.batch_progress
     if progress.current.processed > progress.current.completed:
         progress.increment_completed()
+
+
+# --- torch-fidelity ----------------------------------------------------------------------------
+
+
+def precision_recall(fake: torch.Tensor, real: torch.Tensor, nearest_k: int) -> tuple[float, float]:
+    """Kynkaanniemi et al.'s improved precision and recall of features, by torch-fidelity.
+
+    torch-fidelity computes them only from its own inputs through ``calculate_metrics``; its
+    feature-level function lives in ``torch_fidelity.metric_prc``, not in the package's API.
+
+    Args:
+        fake: Generated features ``(N, d)``.
+        real: Real features ``(M, d)``.
+        nearest_k: The k of the k-nearest-neighbour balls.
+
+    Raises:
+        RuntimeError: the installed torch-fidelity has moved the function.
+    """
+    try:
+        from torch_fidelity.metric_prc import prc_features_to_metric
+    except ImportError as err:
+        raise RuntimeError(
+            f"torch-fidelity has no metric_prc.prc_features_to_metric ({err}): update genlit._compat"
+        ) from None
+    values = prc_features_to_metric(
+        fake.float(), real.float(), prc_neighborhood=nearest_k, prc_batch_size=4096,
+        save_cpu_ram=True, verbose=False,
+    )  # fmt: skip
+    return float(values["precision"]), float(values["recall"])

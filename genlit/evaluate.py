@@ -1,4 +1,6 @@
-"""``genlit evaluate``: FID and KID of a checkpoint's samples, or of a folder of images.
+"""``genlit evaluate``: FID and KID of a checkpoint's samples, or of a folder of images; with
+``--precision_recall`` also precision, recall, density and coverage in the same features, and
+with ``--classes mnist`` (``--stacked`` for Stacked MNIST) the class coverage.
 
     python -m genlit evaluate --ckpt runs/mnist/nsgan/version_0/checkpoints/last.ckpt \\
         --config configs/mnist/nsgan.yaml --num_samples 10000 --features mnist
@@ -44,6 +46,9 @@ class Evaluation:
     features: str
     reference: ReferenceStats
     seconds: float
+    manifold: dict[str, float] | None = None
+    classes: Any | None = None
+    """The :class:`~genlit.metrics.classes.ClassStats`, with ``--classes``."""
 
     def report(self) -> str:
         kid = f", KID {self.kid_mean:.4g} ± {self.kid_std:.2g}" if self.kid_mean is not None else ""
@@ -54,6 +59,22 @@ class Evaluation:
                 f"  samples     {self.num_samples} from {self.source}",
                 f"  reference   {self.reference.describe()}{cached}",
                 f"  features    {self.features}",
+                *(
+                    [
+                        "  manifold    precision {precision:.4f}, recall {recall:.4f}, density "
+                        "{density:.4f}, coverage {coverage:.4f}".format(**self.manifold)
+                    ]
+                    if self.manifold
+                    else []
+                ),
+                *(
+                    [
+                        f"  classes     {self.classes.classes}/{self.classes.num_classes} covered, "
+                        f"KL {self.classes.kl:.4g}, {self.classes.confident:.1%} confident"
+                    ]
+                    if self.classes is not None
+                    else []
+                ),
                 f"  time        {self.seconds:.1f} s",
             ]
         )
@@ -107,6 +128,10 @@ def evaluate(
     device: str | torch.device = "cpu",
     seed: int = 0,
     source: str | None = None,
+    precision_recall: bool = False,
+    nearest_k: int = 5,
+    classes: str | None = None,
+    stacked: bool = False,
 ) -> Evaluation:
     """FID (and KID) of ``model.sample`` or of a folder of images against ``datamodule``'s split.
 
@@ -120,6 +145,12 @@ def evaluate(
             cache_dir, batch_size, seed: As for :class:`genlit.callbacks.FID`.
         device: Where the samples and features are computed.
         source: How the report names the samples.
+        precision_recall: Also precision, recall, density and coverage, with ``nearest_k``.
+        nearest_k: Their k.
+        classes: A genlit classifier (``digits``, ``mnist``, ``fashion_mnist``): also the
+            class coverage of the same images, against the class histogram of ``split``
+            (uniform for ``stacked``).
+        stacked: Stacked MNIST: every channel is a digit (1,000 classes).
     """
     if (model is None) == (images is None):
         raise GenlitError("give either a checkpoint (--ckpt) or a folder of images (--images)")
@@ -129,20 +160,33 @@ def evaluate(
     shape = None
     if getattr(datamodule, "channels", None) and getattr(datamodule, "image_size", None):
         shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
-    distances = FeatureDistances(network, shape, kid, kid_subsets, kid_subset_size, seed).to(device)
+    distances = FeatureDistances(
+        network, shape, kid, kid_subsets, kid_subset_size, seed,
+        precision_recall=precision_recall, nearest_k=nearest_k,
+    ).to(device)  # fmt: skip
     stats = reference_statistics(datamodule, split, distances, cache_dir, device)
     distances.set_reference(stats)
+    sink: Any = distances
+    counter = None
+    if classes is not None:
+        from genlit.metrics.classes import ClassCounter, class_histogram
+        from genlit.metrics.fid import real_labels
+
+        counter = ClassCounter(classes, stacked=stacked).to(device)
+        if not stacked:
+            counter.reference = class_histogram(real_labels(datamodule, split), counter.num_classes)
+        sink = _Both(distances, counter)
     with torch.no_grad():
         if model is not None:
             model = model.to(device).eval()
             n = stats.num_samples if num_samples is None else min(num_samples, stats.num_samples)
             torch.manual_seed(seed)
-            generate_into(distances, model.sample, n, batch_size)
+            generate_into(sink, model.sample, n, batch_size)
             source = source or type(model).__name__
         else:
             n = 0
             for batch in folder_batches(images, stats.image_shape, num_samples, batch_size):
-                distances.update(batch.to(device))
+                sink.update(batch.to(device))
                 n += len(batch)
             source = source or str(images)
     if n < 2:
@@ -151,6 +195,7 @@ def evaluate(
             f"{what}: FID compares two covariance matrices, which need at least 2 images each"
         )
     values = distances.compute()
+    manifold = {k: values[k] for k in ("precision", "recall", "density", "coverage") if k in values}
     return Evaluation(
         fid=values["fid"],
         kid_mean=values.get("kid_mean"),
@@ -160,7 +205,20 @@ def evaluate(
         features=network.describe(),
         reference=stats,
         seconds=time.perf_counter() - start,
+        manifold=manifold or None,
+        classes=None if counter is None else counter.compute(),
     )
+
+
+class _Both:
+    """Gives each generated batch to the FID side and to the class counter."""
+
+    def __init__(self, distances: FeatureDistances, counter: Any) -> None:
+        self.distances, self.counter = distances, counter
+
+    def update(self, images: Tensor) -> None:
+        self.distances.update(images)
+        self.counter.update(images)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -240,6 +298,23 @@ def evaluate_main(argv: list[str]) -> None:
     )
     parser.add_argument("--no_kid", action="store_true", help="skip KID")
     parser.add_argument(
+        "--precision_recall",
+        action="store_true",
+        help="also precision, recall, density and coverage in the same features",
+    )
+    parser.add_argument(
+        "--nearest_k", type=int, default=None, help="their k-nearest-neighbour k (default 5)"
+    )
+    parser.add_argument(
+        "--classes",
+        choices=["digits", "mnist", "fashion_mnist"],
+        default=None,
+        help="also the class coverage, labelled by this genlit classifier",
+    )
+    parser.add_argument(
+        "--stacked", action="store_true", help="Stacked MNIST: a digit per channel (with --classes mnist)"
+    )
+    parser.add_argument(
         "--batch_size", type=int, default=500, help="images per batch (default 500)"
     )
     parser.add_argument(
@@ -258,6 +333,10 @@ def evaluate_main(argv: list[str]) -> None:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.batch_size < 1:
         raise GenlitError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.stacked and args.classes != "mnist":
+        raise GenlitError("--stacked labels each channel with the MNIST classifier: add --classes mnist")
+    if args.nearest_k is not None and args.nearest_k < 1:
+        raise GenlitError(f"--nearest_k must be >= 1, got {args.nearest_k}")
     if args.num_samples is not None and args.num_samples < 2:
         raise GenlitError(
             f"--num_samples must be >= 2, got {args.num_samples}: FID compares two covariance "
@@ -308,5 +387,9 @@ def evaluate_main(argv: list[str]) -> None:
         device=device,
         seed=args.seed,
         source=f"{args.ckpt} ({type(model).__name__})" if model is not None else None,
+        precision_recall=args.precision_recall or settings.get("precision_recall", False),
+        nearest_k=args.nearest_k or settings.get("nearest_k", 5),
+        classes=args.classes,
+        stacked=args.stacked,
     )
     print(result.report(), flush=True)

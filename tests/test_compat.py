@@ -142,3 +142,11 @@ def test_no_private_api_outside_the_compat_module(path):
             if private or any(part.startswith("_") for part in node.module.split(".")):
                 found.append(f"line {node.lineno}: from {node.module} import {private}")
     assert not found, f"private API used outside genlit/_compat.py: {found}"
+
+
+def test_torch_fidelity_precision_recall_of_points_on_a_line():
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0]])  # each real 1-NN ball has radius 1
+    fake = torch.tensor([[0.5], [1.5], [10.0], [11.0]])  # two in the real balls; 1-NN radius 1
+    precision, recall = _compat.precision_recall(fake, real, nearest_k=1)
+    assert precision == 0.5
+    assert recall == 0.75  # 0, 1 and 2 lie within 1 of 0.5 or 1.5; 3 does not (1.5 away)

@@ -10,6 +10,7 @@ import yaml
 from fakedata import make_celeba, make_cifar, make_mnist
 from lightning.pytorch.cli import LightningCLI
 
+from genlit.callbacks import ClassCoverage
 from genlit.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -29,6 +30,8 @@ def _fake_root(data_class: str, root: Path) -> Path | None:
     name = data_class.rsplit(".", 1)[-1]
     if name in ("MNIST", "FashionMNIST"):
         make_mnist(root, name, n_train=320, n_test=20)
+    elif name == "StackedMNIST":
+        make_mnist(root, "MNIST", n_train=320, n_test=20)
     elif name == "CIFAR10":
         make_cifar(root, per_batch=27)
     elif name == "CelebA":
@@ -78,6 +81,15 @@ def test_config_trains_two_steps(config: Path, tmp_path: Path, monkeypatch: pyte
         seen["cli"] = self
 
     monkeypatch.setattr(LightningCLI, "_run_subcommand", spy)
+    # Class coverage draws its 10,000 (26,000 on Stacked MNIST) samples whatever the data's
+    # size; 64 show that it runs.
+    measure = ClassCoverage.measure
+
+    def fewer_samples(self, trainer, pl_module):
+        self.num_samples = min(self.num_samples or 64, 64)
+        return measure(self, trainer, pl_module)
+
+    monkeypatch.setattr(ClassCoverage, "measure", fewer_samples)
     sibling = config.with_name("aeot.yaml")  # AE-OT-GAN's starting run, next to it in configs/
     if "features: inception" in config.read_text():
         # Every fit ends with an FID evaluation; Inception's weights are not on test machines.

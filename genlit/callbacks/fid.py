@@ -72,6 +72,11 @@ class FID(ScheduledEvaluation):
         cache_dir: Folder of cached reference statistics; default ``~/.cache/genlit/fid`` or
             ``$GENLIT_CACHE_DIR/fid``.
         seed: Seed of the generated samples (rank r uses ``seed + r``) and of KID's subsets.
+        precision_recall: Also log ``val/precision``, ``val/recall``, ``val/density`` and
+            ``val/coverage`` of the same samples in the same features (k-NN manifolds,
+            Kynkaanniemi et al. 2019, Naeem et al. 2020; :mod:`genlit.metrics.manifold`).
+            Keeps the real features in memory, as KID does.
+        nearest_k: Their k (5, as Naeem et al. recommend for 10,000 samples).
     """
 
     def __init__(
@@ -88,7 +93,11 @@ class FID(ScheduledEvaluation):
         weights_path: str | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
+        precision_recall: bool = False,
+        nearest_k: int = 5,
     ) -> None:
+        if nearest_k < 1:
+            raise ValueError(f"FID needs nearest_k >= 1, got {nearest_k}")
         if num_samples is not None and num_samples < 2:
             raise ValueError(f"FID needs num_samples >= 2, got {num_samples}")
         if batch_size < 1:
@@ -107,6 +116,8 @@ class FID(ScheduledEvaluation):
         self.weights_path = weights_path
         self.cache_dir = cache_dir
         self.seed = seed
+        self.precision_recall = precision_recall
+        self.nearest_k = nearest_k
         self.distances: FeatureDistances | None = None
         self.last: dict[str, float] = {}
         self.network: FeatureExtractor | None = None
@@ -174,8 +185,9 @@ class FID(ScheduledEvaluation):
         if getattr(datamodule, "channels", None) and getattr(datamodule, "image_size", None):
             shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
         distances = FeatureDistances(
-            network, shape, self.kid, self.kid_subsets, self.kid_subset_size, self.seed
-        ).to(device)
+            network, shape, self.kid, self.kid_subsets, self.kid_subset_size, self.seed,
+            precision_recall=self.precision_recall, nearest_k=self.nearest_k,
+        ).to(device)  # fmt: skip
         # Rank 0 computes a missing cache file first; the others then read it.
         if trainer.is_global_zero:
             stats = reference_statistics(datamodule, self.split, distances, self.cache_dir, device)
@@ -201,7 +213,8 @@ class FID(ScheduledEvaluation):
         return self.num_samples
 
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        """Draws the samples and returns ``{"fid", "kid_mean", "kid_std", "num_samples"}``; logs nothing."""
+        """Draws the samples and returns ``{"fid", "kid_mean", "kid_std", "num_samples"}`` (and
+        ``precision``, ``recall``, ``density``, ``coverage``); logs nothing."""
         # Validation runs under inference mode; the metric states must stay normal tensors.
         with torch.inference_mode(False), torch.no_grad():
             distances = self.prepare(trainer, pl_module)
@@ -242,6 +255,8 @@ class FID(ScheduledEvaluation):
             if "kid_mean" in values
             else ""
         )
+        if "precision" in values:
+            kid += ", precision {precision:.3f}, recall {recall:.3f}, density {density:.3f}, coverage {coverage:.3f}".format(**values)
         progress.write(  # above the progress bar
             trainer,
             f"{stage}/fid {values['fid']:.4g}{kid} (generator step {generator_step(trainer, pl_module)}; {n} samples vs "

@@ -1,4 +1,5 @@
-"""Metrics torchmetrics lacks: mode coverage, ELBO surgery, and FID/KID around feature networks.
+"""Metrics torchmetrics lacks: mode and class coverage, ELBO surgery, precision and recall, and
+FID/KID around feature networks.
 
 The pure functions (:mod:`~genlit.metrics.modes`, :mod:`~genlit.metrics.elbo`) import at once;
 the FID stack (:mod:`~genlit.metrics.fid`, :mod:`~genlit.metrics.features`, which load
@@ -23,6 +24,11 @@ _LAZY = {
     "to_uint8": "genlit.metrics.fid",
     "FeatureExtractor": "genlit.metrics.features",
     "load_features": "genlit.metrics.features",
+    "ClassCounter": "genlit.metrics.classes",
+    "ClassStats": "genlit.metrics.classes",
+    "class_statistics": "genlit.metrics.classes",
+    "ManifoldStats": "genlit.metrics.manifold",
+    "manifold_statistics": "genlit.metrics.manifold",
 }
 
 __all__ = ["ModeStats", "mode_statistics"]

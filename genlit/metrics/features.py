@@ -161,6 +161,11 @@ class ClassifierFeatures(FeatureExtractor):
         # channels_last makes the CPU's pooling and convolutions about twice as fast.
         return self.fast_body()(x.contiguous(memory_format=torch.channels_last))  # (B, d)
 
+    @torch.no_grad()
+    def logits(self, images: Tensor) -> Tensor:
+        """Class logits ``(B, 10)`` of uint8 images: the head on :meth:`forward`'s features."""
+        return self.classifier.head(self(images)).float()
+
     def fast_body(self) -> nn.Sequential:
         """The feature layers with each batch norm folded into its conv, in channels_last.
 
@@ -308,6 +313,13 @@ def load_features(
     Raises:
         GenlitError: unknown name, or weights that cannot be found or loaded.
     """
+    # Building a network initialises weights from the global RNG before they are loaded: on a
+    # forked stream, so that loading one during fit (the FID callback's setup) changes nothing.
+    with torch.random.fork_rng(devices=[]):
+        return _load_features(spec, weights_path)
+
+
+def _load_features(spec: str | nn.Module, weights_path: str | Path | None) -> FeatureExtractor:
     if isinstance(spec, FeatureExtractor):
         return spec.eval()
     if isinstance(spec, nn.Module):

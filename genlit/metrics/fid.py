@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
+from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities.data import dim_zero_cat
 
 from genlit._compat import kid_fake_features, set_fid_real_statistics
 from genlit.batches import batch_data
@@ -310,17 +312,8 @@ def in_order(loader: Any) -> Any:
 _STAGES = {"train": "fit", "val": "validate", "test": "test"}
 
 
-def real_batches(
-    datamodule: Any, split: str, device: torch.device | str = "cpu"
-) -> Iterator[Tensor]:
-    """The real images of ``datamodule``'s split as uint8 batches ``(B, C, H, W)`` on ``device``.
-
-    Sets the split up, then runs each batch through the datamodule's transfer hooks as the
-    Trainer does (the in-memory datamodules gather their index batches there).
-
-    Raises:
-        GenlitError: unknown split or an empty one.
-    """
+def _split_batches(datamodule: Any, split: str, device: torch.device | str) -> Iterator[Any]:
+    """The batches of ``datamodule``'s split in order, through the Trainer's transfer hooks."""
     if split not in _STAGES:
         raise GenlitError(f"reference split must be one of train, val, test; got {split!r}")
     datamodule.setup(_STAGES[split])
@@ -333,11 +326,46 @@ def real_batches(
             )
         loader = loader[0]
     device = torch.device(device)
-    for batch in loader:
+    # A DataLoader draws its base seed from the global RNG when its iterator is made: the
+    # draw happens on a forked stream, so reading real images mid-training changes nothing.
+    with torch.random.fork_rng(devices=[]):
+        batches = iter(loader)
+    for batch in batches:
         batch = datamodule.on_before_batch_transfer(batch, 0)
         batch = datamodule.transfer_batch_to_device(batch, device, 0)
-        batch = datamodule.on_after_batch_transfer(batch, 0)
+        yield datamodule.on_after_batch_transfer(batch, 0)
+
+
+def real_batches(
+    datamodule: Any, split: str, device: torch.device | str = "cpu"
+) -> Iterator[Tensor]:
+    """The real images of ``datamodule``'s split as uint8 batches ``(B, C, H, W)`` on ``device``.
+
+    Sets the split up, then runs each batch through the datamodule's transfer hooks as the
+    Trainer does (the in-memory datamodules gather their index batches there).
+
+    Raises:
+        GenlitError: unknown split or an empty one.
+    """
+    for batch in _split_batches(datamodule, split, device):
         yield to_uint8(batch_data(batch))
+
+
+def real_labels(datamodule: Any, split: str) -> Tensor:
+    """The labels of ``datamodule``'s split, int64 ``(N,)``, in order.
+
+    Raises:
+        GenlitError: the batches carry no labels (``(images, labels)`` is expected).
+    """
+    labels = []
+    for batch in _split_batches(datamodule, split, "cpu"):
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not torch.is_tensor(batch[1]):
+            raise GenlitError(
+                f"the {split} batches of {type(datamodule).__name__} carry no labels: class "
+                "coverage needs (images, labels) batches, or reference=uniform"
+            )
+        labels.append(batch[1].long().cpu())
+    return torch.cat(labels)
 
 
 def reference_statistics(
@@ -364,7 +392,7 @@ def reference_statistics(
         except Exception:  # noqa: BLE001 - an unreadable cache file is a cache miss
             stats = None
         if stats is not None and stats.key == key:
-            if stats.features is not None or distances.kid is None:
+            if stats.features is not None or not distances.keeps_features:
                 return stats
     stats = distances.measure(real_batches(datamodule, split, device), key)
     if stats.num_samples < 2:
@@ -456,6 +484,37 @@ class _ReferenceKID(KernelInceptionDistance):
         return kid.mean(), kid.std(unbiased=False)
 
 
+class _ReferenceManifold(Metric):
+    """Precision, recall, density and coverage of the generated features against fixed real ones.
+
+    Like :class:`_ReferenceKID`: the real features are a buffer, identical on every rank; the
+    generated ones a state that torchmetrics concatenates over ranks at ``compute``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, reference: Tensor, nearest_k: int = 5) -> None:
+        super().__init__()
+        self.register_buffer("reference", reference, persistent=False)
+        self.nearest_k = nearest_k
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+
+    def update(self, features: Tensor) -> None:
+        self.fake_features.append(features.float())
+
+    def compute(self) -> dict[str, float]:
+        from genlit.metrics.manifold import ManifoldStats, manifold_statistics
+
+        fake = dim_zero_cat(self.fake_features)
+        if len(fake) <= self.nearest_k or len(self.reference) <= self.nearest_k:
+            raise GenlitError(
+                f"precision and recall with nearest_k={self.nearest_k} need more than "
+                f"{self.nearest_k} generated and real images: raise num_samples"
+            )
+        stats = manifold_statistics(self.reference, fake, self.nearest_k)
+        return dict(zip(ManifoldStats.__annotations__, stats, strict=True))
+
+
 class FeatureDistances(nn.Module):
     """FID (and KID) of generated images against fixed real statistics, one feature pass each.
 
@@ -470,6 +529,9 @@ class FeatureDistances(nn.Module):
         kid_subsets: KID's number of random subsets.
         kid_subset_size: KID's subset size, capped at the smaller of the two sample counts.
         seed: Seed of KID's subsets.
+        precision_recall: Also compute precision, recall, density and coverage
+            (:mod:`genlit.metrics.manifold`); like KID, it keeps the reference features.
+        nearest_k: Their k-nearest-neighbour k.
     """
 
     def __init__(
@@ -480,6 +542,8 @@ class FeatureDistances(nn.Module):
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         seed: int = 0,
+        precision_recall: bool = False,
+        nearest_k: int = 5,
     ) -> None:
         super().__init__()
         self.network = network
@@ -492,10 +556,22 @@ class FeatureDistances(nn.Module):
         self.kid: _ReferenceKID | None = None
         self._kid_args = dict(subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
         self._kid_wanted = kid
+        self.manifold: _ReferenceManifold | None = None
+        self._manifold_wanted = precision_recall
+        if nearest_k < 1:
+            raise ValueError(f"nearest_k must be >= 1, got {nearest_k}")
+        self.nearest_k = nearest_k
         self.reference: ReferenceStats | None = None
         self.image_shape = image_shape
         if kid:
             self._build_kid(torch.zeros(0, self.num_features))
+        if precision_recall:
+            self.manifold = _ReferenceManifold(torch.zeros(0, self.num_features), nearest_k)
+
+    @property
+    def keeps_features(self) -> bool:
+        """Whether the reference must carry every real feature (KID, precision and recall)."""
+        return self._kid_wanted or self._manifold_wanted
 
     def _build_kid(self, reference: Tensor) -> None:
         device = self.fid.device
@@ -530,6 +606,8 @@ class FeatureDistances(nn.Module):
         self.fid.update(features, real=real)
         if self.kid is not None and not real:
             self.kid.update(features, real=False)
+        if self.manifold is not None and not real:
+            self.manifold.update(features)
 
     def measure(self, batches: Iterable[Tensor], key: dict[str, Any]) -> ReferenceStats:
         """Reference statistics of real uint8 batches (the generated side is left untouched)."""
@@ -544,7 +622,7 @@ class FeatureDistances(nn.Module):
             total += feats.sum(dim=0)
             outer += feats.T @ feats  # (d, d), as torchmetrics accumulates it
             count += len(feats)
-            if self._kid_wanted:
+            if self.keeps_features:
                 kept.append(feats.float().cpu())
         if shape is None:
             raise GenlitError(f"no real images for {key.get('dataset')} ({key.get('split')} split)")
@@ -559,9 +637,10 @@ class FeatureDistances(nn.Module):
             hold: Whether this rank carries FID's real sums. Under DDP only rank 0 does (the
                 states are summed over ranks at ``compute``); KID's features are on every rank.
         """
-        if self._kid_wanted and stats.features is None:
+        if self.keeps_features and stats.features is None:
             raise GenlitError(
-                "these reference statistics were saved without features: KID needs them"
+                "these reference statistics were saved without features: KID and precision/"
+                "recall need them"
             )
         self.reference = stats
         self.image_shape = stats.image_shape
@@ -575,6 +654,8 @@ class FeatureDistances(nn.Module):
         )
         if self._kid_wanted:
             self._build_kid(stats.features.to(self.fid.device))
+        if self._manifold_wanted:
+            self.manifold = _ReferenceManifold(stats.features.to(self.fid.device), self.nearest_k)
 
     def compute(self) -> dict[str, float]:
         """``{"fid": ..., "kid_mean": ..., "kid_std": ...}`` over every rank's generated images."""
@@ -584,6 +665,8 @@ class FeatureDistances(nn.Module):
         if self.kid is not None:
             kid_mean, kid_std = self.kid.compute()
             values.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
+        if self.manifold is not None:
+            values.update(self.manifold.compute())
         return values
 
     def reset(self) -> None:
@@ -591,6 +674,8 @@ class FeatureDistances(nn.Module):
         self.fid.reset()
         if self.kid is not None:
             self.kid.reset()
+        if self.manifold is not None:
+            self.manifold.reset()
 
 
 def generate_into(
