@@ -28,7 +28,9 @@ from genlit.errors import GenlitError
 from genlit.metrics.features import load_features
 from genlit.metrics.fid import (
     FeatureDistances,
+    InceptionScoreSide,
     ReferenceStats,
+    Tee,
     generate_into,
     reference_statistics,
 )
@@ -49,6 +51,7 @@ class Evaluation:
     manifold: dict[str, float] | None = None
     classes: Any | None = None
     """The :class:`~genlit.metrics.classes.ClassStats`, with ``--classes``."""
+    inception_score: dict[str, float] | None = None
 
     def report(self) -> str:
         kid = f", KID {self.kid_mean:.4g} ± {self.kid_std:.2g}" if self.kid_mean is not None else ""
@@ -73,6 +76,13 @@ class Evaluation:
                         f"KL {self.classes.kl:.4g}, {self.classes.confident:.1%} confident"
                     ]
                     if self.classes is not None
+                    else []
+                ),
+                *(
+                    [
+                        "  IS          {is_mean:.4g} ± {is_std:.2g}".format(**self.inception_score)
+                    ]
+                    if self.inception_score
                     else []
                 ),
                 f"  time        {self.seconds:.1f} s",
@@ -132,6 +142,7 @@ def evaluate(
     nearest_k: int = 5,
     classes: str | None = None,
     stacked: bool = False,
+    inception_score: bool = False,
 ) -> Evaluation:
     """FID (and KID) of ``model.sample`` or of a folder of images against ``datamodule``'s split.
 
@@ -151,6 +162,8 @@ def evaluate(
             class coverage of the same images, against the class histogram of ``split``
             (uniform for ``stacked``).
         stacked: Stacked MNIST: every channel is a digit (1,000 classes).
+        inception_score: Also the Inception Score (needs the Inception weights, as
+            ``features=inception`` does).
     """
     if (model is None) == (images is None):
         raise GenlitError("give either a checkpoint (--ckpt) or a folder of images (--images)")
@@ -166,8 +179,7 @@ def evaluate(
     ).to(device)  # fmt: skip
     stats = reference_statistics(datamodule, split, distances, cache_dir, device)
     distances.set_reference(stats)
-    sink: Any = distances
-    counter = None
+    counter = scorer = None
     if classes is not None:
         from genlit.metrics.classes import ClassCounter, class_histogram
         from genlit.metrics.fid import real_labels
@@ -175,7 +187,9 @@ def evaluate(
         counter = ClassCounter(classes, stacked=stacked).to(device)
         if not stacked:
             counter.reference = class_histogram(real_labels(datamodule, split), counter.num_classes)
-        sink = _Both(distances, counter)
+    if inception_score:
+        scorer = InceptionScoreSide(weights_path if features == "inception" else None).to(device)
+    sink = Tee(distances, counter, scorer)
     with torch.no_grad():
         if model is not None:
             model = model.to(device).eval()
@@ -207,18 +221,8 @@ def evaluate(
         seconds=time.perf_counter() - start,
         manifold=manifold or None,
         classes=None if counter is None else counter.compute(),
+        inception_score=None if scorer is None else scorer.compute(),
     )
-
-
-class _Both:
-    """Gives each generated batch to the FID side and to the class counter."""
-
-    def __init__(self, distances: FeatureDistances, counter: Any) -> None:
-        self.distances, self.counter = distances, counter
-
-    def update(self, images: Tensor) -> None:
-        self.distances.update(images)
-        self.counter.update(images)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -312,6 +316,11 @@ def evaluate_main(argv: list[str]) -> None:
         help="also the class coverage, labelled by this genlit classifier",
     )
     parser.add_argument(
+        "--inception_score",
+        action="store_true",
+        help="also the Inception Score (needs the Inception weights: --weights_path offline)",
+    )
+    parser.add_argument(
         "--stacked", action="store_true", help="Stacked MNIST: a digit per channel (with --classes mnist)"
     )
     parser.add_argument(
@@ -391,5 +400,6 @@ def evaluate_main(argv: list[str]) -> None:
         nearest_k=args.nearest_k or settings.get("nearest_k", 5),
         classes=args.classes,
         stacked=args.stacked,
+        inception_score=args.inception_score,
     )
     print(result.report(), flush=True)

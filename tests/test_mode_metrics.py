@@ -360,3 +360,76 @@ def test_latent_pictures_rng_untouched(tmp_path):
     pictures.draw(trainer, model)
     assert torch.equal(torch.get_rng_state(), state)
     assert pictures.last_paths["plane"].is_file()
+
+
+# --- Inception Score ------------------------------------------------------------------------------
+
+
+class _OneHotLogits(torch.nn.Module):
+    """A stand-in for Inception's logits: class = the image's first pixel value mod 4, confidently."""
+
+    def __init__(self, weights_path=None) -> None:
+        super().__init__()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(images[:, 0, 0, 0].long() % 4, 1008).float() * 50
+
+
+def test_inception_score_of_confident_even_classes_is_their_number(monkeypatch):
+    from genlit.metrics import features
+    from genlit.metrics.fid import InceptionScoreSide
+
+    monkeypatch.setattr(features, "InceptionLogits", _OneHotLogits)
+    scorer = InceptionScoreSide(splits=2)
+    images = torch.arange(400).remainder(4).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+    scorer.update(images.contiguous())
+    state = torch.get_rng_state()
+    assert scorer.compute()["is_mean"] == pytest.approx(4.0, rel=0.01)  # exp(H(y)), 4 even classes
+    assert torch.equal(torch.get_rng_state(), state)
+    scorer.reset()
+    scorer.update(torch.zeros(100, 1, 8, 8, dtype=torch.uint8))
+    assert scorer.compute()["is_mean"] == pytest.approx(1.0, rel=1e-3)  # one class: collapse
+
+
+@pytest.mark.usefixtures("no_network")
+def test_inception_score_without_the_weights_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    callback = FID(features="digits", inception_score=True, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(GenlitError, match="FID inception_score: the Inception weights") as info:
+        fit(tiny_gan(), tmp_path, [callback])
+    assert "\n" not in str(info.value)
+
+
+# --- genlit evaluate ------------------------------------------------------------------------------
+
+
+def test_evaluate_reports_class_coverage_and_precision_recall_of_a_folder(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    from tiny import run_in_process
+
+    monkeypatch.setenv("GENLIT_CACHE_DIR", str(tmp_path / "cache"))
+    datamodule = Digits(image_size=16, batch_size=500)  # the config's size
+    images = torch.cat(list(real_batches(datamodule, "train")))[:600]
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0].numpy()).save(folder / f"{i:04d}.png")
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "nsgan.yaml"
+    code, out, err = run_in_process(
+        capsys, "evaluate", "--images", str(folder), "--config", str(config),
+        "--classes", "digits", "--precision_recall", "--no_kid",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "classes     10/10 covered" in out
+    line = next(line for line in out.splitlines() if "precision" in line)
+    precision = float(line.split("precision ")[1].split(",")[0])
+    assert precision > 0.9  # real digits against all the real digits
+
+
+def test_evaluate_refuses_stacked_without_the_mnist_classifier(tmp_path, capsys):
+    from tiny import run_in_process
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "nsgan.yaml"
+    code, _, err = run_in_process(capsys, "evaluate", "--images", str(tmp_path), "--config", str(config), "--stacked")
+    assert code != 0
+    assert "--stacked labels each channel with the MNIST classifier: add --classes mnist" in err

@@ -27,6 +27,8 @@ from genlit.metrics.features import (
 )
 from genlit.metrics.fid import (
     FeatureDistances,
+    InceptionScoreSide,
+    Tee,
     default_cache_dir,
     generate_into,
     reference_statistics,
@@ -77,6 +79,10 @@ class FID(ScheduledEvaluation):
             Kynkaanniemi et al. 2019, Naeem et al. 2020; :mod:`genlit.metrics.manifold`).
             Keeps the real features in memory, as KID does.
         nearest_k: Their k (5, as Naeem et al. recommend for 10,000 samples).
+        inception_score: Also log ``val/is_mean`` and ``val/is_std``, torchmetrics' Inception
+            Score of the same samples (Salimans et al. 2016). Needs the Inception weights
+            (``weights_path`` offline, with ``features: inception``; else the torch hub
+            folder); refused in one line at setup when they cannot be had.
     """
 
     def __init__(
@@ -95,6 +101,7 @@ class FID(ScheduledEvaluation):
         seed: int = 0,
         precision_recall: bool = False,
         nearest_k: int = 5,
+        inception_score: bool = False,
     ) -> None:
         if nearest_k < 1:
             raise ValueError(f"FID needs nearest_k >= 1, got {nearest_k}")
@@ -118,6 +125,8 @@ class FID(ScheduledEvaluation):
         self.seed = seed
         self.precision_recall = precision_recall
         self.nearest_k = nearest_k
+        self.inception_score = inception_score
+        self.scorer: InceptionScoreSide | None = None
         self.distances: FeatureDistances | None = None
         self.last: dict[str, float] = {}
         self.network: FeatureExtractor | None = None
@@ -143,6 +152,12 @@ class FID(ScheduledEvaluation):
             ):
                 rank_zero_info(f"FID: fetching the Inception weights into {inception_weights_folder()}")
             self.network = load_features(self.features, self.weights_path)
+        if self.inception_score and self.scorer is None:
+            weights = self.weights_path if self.features == "inception" else None
+            try:
+                self.scorer = InceptionScoreSide(weights)
+            except GenlitError as err:
+                raise GenlitError(f"FID inception_score: {err}") from None
         folder = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
         check_writable(folder, folder=True, flag="FID cache_dir")
 
@@ -221,9 +236,13 @@ class FID(ScheduledEvaluation):
             n = self.total_samples(distances.reference.num_samples)
             rank, world = trainer.global_rank, trainer.world_size
             with seeded(pl_module.device, self.seed + rank):
-                generate_into(distances, pl_module.sample, share(n, world, rank), self.batch_size)
+                scorer = self.scorer.to(pl_module.device) if self.scorer is not None else None
+                generate_into(Tee(distances, scorer), pl_module.sample, share(n, world, rank), self.batch_size)
             values = distances.compute()
             distances.reset()
+            if scorer is not None:
+                values.update(scorer.compute())
+                scorer.reset()
         self.last = dict(values, num_samples=n)
         return self.last
 
@@ -250,16 +269,18 @@ class FID(ScheduledEvaluation):
         self.last_evaluation = log_evaluation(
             trainer, pl_module, logged, in_training, prog_bar=(f"{stage}/fid",)
         )
-        kid = (
+        extra = (
             f", KID {values['kid_mean']:.4g} ± {values['kid_std']:.2g}"
             if "kid_mean" in values
             else ""
         )
+        if "is_mean" in values:
+            extra += f", IS {values['is_mean']:.4g} ± {values['is_std']:.2g}"
         if "precision" in values:
-            kid += ", precision {precision:.3f}, recall {recall:.3f}, density {density:.3f}, coverage {coverage:.3f}".format(**values)
+            extra += ", precision {precision:.3f}, recall {recall:.3f}, density {density:.3f}, coverage {coverage:.3f}".format(**values)
         progress.write(  # above the progress bar
             trainer,
-            f"{stage}/fid {values['fid']:.4g}{kid} (generator step {generator_step(trainer, pl_module)}; {n} samples vs "
+            f"{stage}/fid {values['fid']:.4g}{extra} (generator step {generator_step(trainer, pl_module)}; {n} samples vs "
             f"{self.distances.reference.describe()}; features {self.distances.network.name})"
         )
         return self.last

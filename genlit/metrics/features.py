@@ -43,6 +43,7 @@ __all__ = [
     "ClassifierFeatures",
     "FeatureExtractor",
     "InceptionFeatures",
+    "InceptionLogits",
     "ModuleFeatures",
     "inception_weights_folder",
     "load_features",
@@ -220,6 +221,7 @@ class InceptionFeatures(FeatureExtractor):
 
     name = "inception"
     num_features = 2048
+    layer = "2048"  # torch-fidelity's name of the output
 
     def __init__(self, weights_path: str | Path | None = None) -> None:
         super().__init__()
@@ -239,7 +241,7 @@ class InceptionFeatures(FeatureExtractor):
         try:
             self.net = NoTrainInceptionV3(
                 name="inception-v3-compat",
-                features_list=[str(self.num_features)],
+                features_list=[self.layer],
                 feature_extractor_weights_path=None if path is None else str(path),
                 antialias=False,
             )
@@ -262,6 +264,18 @@ class InceptionFeatures(FeatureExtractor):
 
     def describe(self) -> str:
         return "inception (2048-d pool3, TF weights and resize: comparable with published FIDs)"
+
+
+class InceptionLogits(InceptionFeatures):
+    """The 1008 class logits of the same Inception v3 (``logits_unbiased``), for the Inception
+    Score. Same weights, resize and errors as :class:`InceptionFeatures`."""
+
+    name = "inception_logits"
+    num_features = 1008
+    layer = "logits_unbiased"
+
+    def describe(self) -> str:
+        return "inception logits (TF weights: comparable with published Inception Scores)"
 
 
 # --- user networks -----------------------------------------------------------------------------

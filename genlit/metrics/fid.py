@@ -678,6 +678,53 @@ class FeatureDistances(nn.Module):
             self.manifold.reset()
 
 
+class InceptionScoreSide(nn.Module):
+    """torchmetrics' Inception Score of generated uint8 images, on TF-Inception's logits.
+
+    Needs the Inception weights (the same file as Inception FID); ``compute`` draws its split
+    permutation on a forked RNG stream, so measuring leaves training's random state alone.
+
+    Args:
+        weights_path: A local copy of the Inception weights (else the torch hub folder).
+        splits: The score's number of splits (10, as in Salimans et al.).
+    """
+
+    def __init__(self, weights_path: str | Path | None = None, splits: int = 10) -> None:
+        super().__init__()
+        from torchmetrics.image.inception import InceptionScore
+
+        from genlit.metrics.features import InceptionLogits
+
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "will save all extracted features in buffer"
+            self.metric = InceptionScore(feature=InceptionLogits(weights_path), splits=splits)
+
+    def update(self, images: Tensor) -> None:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)  # (B, 3, H, W)
+        self.metric.update(images)
+
+    def compute(self) -> dict[str, float]:
+        with torch.random.fork_rng(devices=[self.metric.device] if self.metric.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            mean, std = self.metric.compute()
+        return {"is_mean": float(mean), "is_std": float(std)}
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+
+class Tee:
+    """Gives each generated uint8 batch to several metrics (FID, class counts, IS)."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = [sink for sink in sinks if sink is not None]
+
+    def update(self, images: Tensor) -> None:
+        for sink in self.sinks:
+            sink.update(images)
+
+
 def generate_into(
     distances: FeatureDistances,
     sample: Callable[[int], Tensor],
