@@ -302,6 +302,8 @@ CASES: dict[str, Case] = {
     "evaluate-batch-size-0": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--batch_size", "0"), ["--batch_size", "0"]),
     "evaluate-batch-size-negative": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--batch_size", "-5"), ["--batch_size", "-5"]),
     "evaluate-one-sample": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--num_samples", "1"), ["--num_samples", "2"]),
+    "evaluate-stacked-without-mnist": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--stacked"),
+                                           ["--stacked", "--classes mnist"]),
     "evaluate-one-image": Case(lambda r, t: one_image(t), ["holds 1 image", "2"]),
     "evaluate-cuda-without-gpu": Case(lambda r, t: evaluate(digits_ckpt(r), t, "--device", "cuda"), ["cuda", "--device cpu"],
                                       marks=[NO_GPU]),

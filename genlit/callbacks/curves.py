@@ -1,4 +1,4 @@
-"""``curves.png`` at the end of fit: losses, FID/KID and mode metrics against generator steps."""
+"""``curves.png`` at the end of fit: losses, FID/KID, mode and class metrics against generator steps."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ GROUPS = (
     ("losses", "train/*loss*", ()),
     ("FID / KID", ("val/fid",), ("val/kid_mean",)),
     ("modes", ("val/modes",), ("val/high_quality",)),
+    ("classes", ("val/classes",), ("val/confident",)),
+    ("precision / recall", ("val/precision", "val/recall"), ()),
 )
 
 
