@@ -84,8 +84,9 @@ if __name__ == "__main__":
         main(["fit", "--config", config, *DDP, *CHECKS, *extra, f"--trainer.logger.init_args.save_dir={out / case}"])
     announce("fid")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ddp_fid_script import measure
+    from ddp_fid_script import KEYS, measure
 
     values = measure(2, str(out / "fid_cache"))
     if values is not None:
-        print(f"FID={values[0]:.6f} KID={values[1]:.6f}", flush=True)
+        others = " ".join(f"{k}={v:.8f}" for k, v in zip(KEYS[2:], values[2:], strict=True))
+        print(f"FID={values[0]:.6f} KID={values[1]:.6f} {others}", flush=True)
