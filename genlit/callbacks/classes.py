@@ -12,7 +12,7 @@ from genlit.callbacks._rng import seeded
 from genlit.callbacks.schedule import (
     Evaluation,
     EvaluationSchedule,
-    ScheduledEvaluation,
+    StagedEvaluation,
     generator_step,
     log_evaluation,
 )
@@ -23,7 +23,7 @@ from genlit.metrics.fid import real_labels, share, to_uint8
 __all__ = ["ClassCoverage"]
 
 
-class ClassCoverage(ScheduledEvaluation):
+class ClassCoverage(StagedEvaluation):
     """Logs ``val/classes``, ``val/kl_classes`` and ``val/confident`` of ``model.sample``.
 
     A genlit classifier labels the samples (:mod:`genlit.metrics.classes`): ``classes`` is the
@@ -96,27 +96,6 @@ class ClassCoverage(ScheduledEvaluation):
         self.last: ClassStats | None = None
         self.last_evaluation: Evaluation | None = None
         self._reference_ready = False
-        self._validation_off: bool | None = None
-
-    def run(self, trainer: Trainer, pl_module: LightningModule, in_training: bool) -> None:
-        self.evaluate(trainer, pl_module, "val", in_training)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.evaluate(trainer, pl_module, "test")
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._no_validation(trainer) and self.schedule.after_epoch(trainer):
-            self.evaluate(trainer, pl_module, "val")
-
-    def _no_validation(self, trainer: Trainer) -> bool:
-        if self._validation_off is None:
-            off = not trainer.limit_val_batches
-            datamodule = getattr(trainer, "datamodule", None)
-            if not off and datamodule is not None:
-                loaders = datamodule.val_dataloader()
-                off = isinstance(loaders, (list, tuple)) and len(loaders) == 0
-            self._validation_off = off
-        return self._validation_off
 
     def prepare(self, trainer: Trainer) -> ClassCounter:
         """The data's class histogram (and the sample count of ``num_samples: null``), read once

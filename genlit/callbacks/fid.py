@@ -14,7 +14,7 @@ from genlit.callbacks._rng import seeded
 from genlit.callbacks.schedule import (
     Evaluation,
     EvaluationSchedule,
-    ScheduledEvaluation,
+    StagedEvaluation,
     generator_step,
     log_evaluation,
 )
@@ -36,7 +36,7 @@ from genlit.metrics.fid import (
 )
 
 
-class FID(ScheduledEvaluation):
+class FID(StagedEvaluation):
     """Logs ``val/fid``, ``val/kid_mean`` and ``val/kid_std`` of ``model.sample`` every few epochs.
 
     The real side is computed once per (dataset, split, image size, feature network) and
@@ -132,7 +132,6 @@ class FID(ScheduledEvaluation):
         self.network: FeatureExtractor | None = None
         """The feature network, loaded at setup."""
         self.last_evaluation: Evaluation | None = None
-        self._validation_off: bool | None = None
         self._announced = False
         self._warned_cap = False
 
@@ -160,28 +159,6 @@ class FID(ScheduledEvaluation):
                 raise GenlitError(f"FID inception_score: {err}") from None
         folder = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
         check_writable(folder, folder=True, flag="FID cache_dir")
-
-    def run(self, trainer: Trainer, pl_module: LightningModule, in_training: bool) -> None:
-        self.evaluate(trainer, pl_module, "val", in_training)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.evaluate(trainer, pl_module, "test")
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._no_validation(trainer) and self.schedule.after_epoch(trainer):
-            self.evaluate(trainer, pl_module, "val")
-
-
-    def _no_validation(self, trainer: Trainer) -> bool:
-        """True when fit never validates (no validation split, or limit_val_batches=0)."""
-        if self._validation_off is None:
-            off = not trainer.limit_val_batches
-            datamodule = getattr(trainer, "datamodule", None)
-            if not off and datamodule is not None:
-                loaders = datamodule.val_dataloader()
-                off = isinstance(loaders, (list, tuple)) and len(loaders) == 0
-            self._validation_off = off
-        return self._validation_off
 
     # --- what ----------------------------------------------------------------------------
 

@@ -138,6 +138,39 @@ class ScheduledEvaluation(Callback):
             self.run(trainer, pl_module, in_training=True)
 
 
+class StagedEvaluation(ScheduledEvaluation):
+    """A scheduled evaluation that also measures at the end of training epochs when fit never
+    validates, and at ``test`` (as ``test/...``). Subclasses implement :meth:`evaluate`."""
+
+    _validation_off: bool | None = None
+
+    def evaluate(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str = "val", in_training: bool = False
+    ) -> Any:
+        raise NotImplementedError
+
+    def run(self, trainer: Trainer, pl_module: LightningModule, in_training: bool) -> Any:
+        return self.evaluate(trainer, pl_module, "val", in_training)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.evaluate(trainer, pl_module, "test")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._no_validation(trainer) and self.schedule.after_epoch(trainer):
+            self.evaluate(trainer, pl_module, "val")
+
+    def _no_validation(self, trainer: Trainer) -> bool:
+        """True when fit never validates (no validation split, or limit_val_batches=0)."""
+        if self._validation_off is None:
+            off = not trainer.limit_val_batches
+            datamodule = getattr(trainer, "datamodule", None)
+            if not off and datamodule is not None:
+                loaders = datamodule.val_dataloader()
+                off = isinstance(loaders, (list, tuple)) and len(loaders) == 0
+            self._validation_off = off
+        return self._validation_off
+
+
 class Evaluation:
     """The values of one evaluation and the generator step they were measured at."""
 
