@@ -76,6 +76,9 @@ more subcommands (not LightningCLI's; each has its own --help):
     evaluate            FID and KID of a checkpoint's samples, or of a folder of
                         images, against the real images of a config's datamodule:
                         genlit evaluate --ckpt PATH --config CONFIG
+    study               Run a study file's configs x seeds (x settings) on Optuna,
+                        any number of workers, then report mean ± std FID:
+                        genlit study run STUDY.yaml; genlit study report STUDY.yaml
 """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -418,6 +421,10 @@ def main(args: list[str] | None = None) -> None:
             sample_main(argv[1:])
         elif argv[:1] == ["evaluate"]:
             evaluate_main(argv[1:])
+        elif argv[:1] == ["study"]:
+            from genlit.studies.cli import study_main
+
+            study_main(argv[1:])
         else:
             # jsonargparse reports a bad YAML file without its name; read them first.
             check_config_files(argv)

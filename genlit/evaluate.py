@@ -53,6 +53,30 @@ class Evaluation:
     """The :class:`~genlit.metrics.classes.ClassStats`, with ``--classes``."""
     inception_score: dict[str, float] | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """The numbers and their settings as plain data (``genlit evaluate --json``)."""
+        classes = None
+        if self.classes is not None:
+            classes = {
+                "classes": self.classes.classes,
+                "num_classes": self.classes.num_classes,
+                "kl": self.classes.kl,
+                "confident": self.classes.confident,
+            }
+        return {
+            "fid": self.fid,
+            "kid_mean": self.kid_mean,
+            "kid_std": self.kid_std,
+            "num_samples": self.num_samples,
+            "source": self.source,
+            "features": self.features,
+            "reference": self.reference.describe(),
+            "seconds": self.seconds,
+            "manifold": self.manifold,
+            "classes": classes,
+            "inception_score": self.inception_score,
+        }
+
     def report(self) -> str:
         kid = f", KID {self.kid_mean:.4g} ± {self.kid_std:.2g}" if self.kid_mean is not None else ""
         cached = f" ({self.reference.path})" if self.reference.path else ""
@@ -331,6 +355,9 @@ def evaluate_main(argv: list[str]) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     parser.add_argument(
+        "--json", default=None, help="also write the numbers and their settings to this JSON file"
+    )
+    parser.add_argument(
         "--trust_checkpoint",
         action="store_true",
         help="unpickle the checkpoint in full (weights_only=False): only for a file from "
@@ -403,3 +430,9 @@ def evaluate_main(argv: list[str]) -> None:
         inception_score=args.inception_score,
     )
     print(result.report(), flush=True)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        partial.replace(out)
