@@ -1,16 +1,18 @@
 """``genlit study run|report STUDY.yaml``: many trainings of many configs and seeds, measured alike.
 
-    genlit study run studies/lecture_fid_table_cpu.yaml --workers 2
+    genlit study run studies/lecture_fid_table_cpu.yaml --workers 2 --data.init_args.root=/data
     genlit study run studies/lecture_fid_table.yaml --storage postgresql://user@host/genlit
     genlit study report studies/lecture_fid_table_cpu.yaml
     optuna-dashboard sqlite:///runs/studies/lecture_fid_table_cpu/study.db
 
 Every worker of every machine that opens the same ``--storage`` takes part in the same study.
+``--data.*`` arguments of ``run`` (where this machine keeps the datasets) go to every trial.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -86,11 +88,16 @@ def parser() -> argparse.ArgumentParser:
 
 def study_main(argv: list[str]) -> None:
     """Entry point of ``genlit study``."""
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)
+    unknown = [a for a in extra if not a.startswith("--data.")]
+    if unknown or (extra and args.command != "run"):
+        parser().error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     from genlit.studies.spec import load_study
     from genlit.studies.worker import default_storage, open_storage, open_study, progress_line
 
     spec = load_study(args.study)
+    if extra:  # e.g. --data.init_args.root=/data: where this machine keeps the datasets
+        spec = dataclasses.replace(spec, arguments=(*spec.arguments, *extra))
     url = args.storage or default_storage(spec)
     _quiet_optuna()
     if args.command == "report":

@@ -111,7 +111,7 @@ def markdown(spec: StudySpec, study: Any, table: list[Row]) -> str:
         "FID mean ± sample std over the finished trials (seeds); lower is better.",
         "",
         "| model | dataset | finished | best | mean ± std | median | min/trial |"
-        + (" lecture |" if lecture else ""),
+        + (" lecture (Inception, its protocol) |" if lecture else ""),
         "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if lecture else ""),
     ]
     for row in table:

@@ -47,7 +47,7 @@ KEYS = {
     "search", "quiet", "lecture",
 }  # fmt: skip
 EVALUATION_KEYS = {"features", "num_samples", "split", "weights_path", "batch_size", "kid"}
-CONFIG_KEYS = {"config", "name", "arguments", "after", "checkpoint_argument"}
+CONFIG_KEYS = {"config", "name", "arguments", "after", "checkpoint_argument", "budget"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class ConfigEntry:
     after: str | None = None
     """Name of the config whose finished trial (same seed) this one starts from."""
     checkpoint_argument: str | None = None
+    budget: dict[str, int] | None = None
+    """This config's own budget (e.g. epochs for a model whose stages are epochs), else the study's."""
 
     @property
     def dataset(self) -> str:
@@ -172,12 +174,13 @@ class StudySpec:
         evaluation = self.evaluation
         features = evaluation.get("features", "each config's FID callback's")
         samples = evaluation.get("num_samples", "the config's FID callback's (else 10000)")
-        split = evaluation.get("split", "the config's FID callback's (else test)")
+        split = evaluation.get("split", "config's FID callback's")
         return f"features {features}, {samples} samples against the {split} split"
 
     def describe_budget(self) -> str:
-        (key, value), = self.budget.items()
-        return f"{value} {'generator steps' if key == 'generator_steps' else 'epochs'}"
+        """The study's budget, and the configs that have their own."""
+        own = [f"{c.name} {describe_budget(c.budget)}" for c in self.configs if c.budget]
+        return describe_budget(self.budget) + (f" ({', '.join(own)})" if own else "")
 
 
 def _cli_value(value: Any) -> str:
@@ -242,15 +245,7 @@ def load_study(path: str | Path) -> StudySpec:
         raise fail(f"seeds must be a list of integers, e.g. [0, 1, 2], got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise fail(f"seeds {seeds} repeat a seed")
-    budget = raw.get("budget")
-    if (
-        not isinstance(budget, dict)
-        or len(budget) != 1
-        or next(iter(budget)) not in ("generator_steps", "epochs")
-        or not isinstance(next(iter(budget.values())), int)
-        or next(iter(budget.values())) < 1
-    ):
-        raise fail(f"budget must be {{generator_steps: N}} or {{epochs: N}} with N >= 1, got {budget!r}")
+    budget = _budget(raw.get("budget"), "budget", fail)
     evaluation = raw.get("evaluation") or {}
     if not isinstance(evaluation, dict) or set(evaluation) - EVALUATION_KEYS:
         bad = sorted(set(evaluation) - EVALUATION_KEYS) if isinstance(evaluation, dict) else [evaluation]
@@ -279,6 +274,24 @@ def load_study(path: str | Path) -> StudySpec:
         quiet=bool(raw.get("quiet", True)),
         lecture={str(k): str(v) for k, v in lecture.items()},
     )
+
+
+def _budget(budget: Any, where: str, fail: Any) -> dict[str, int]:
+    if (
+        not isinstance(budget, dict)
+        or len(budget) != 1
+        or next(iter(budget)) not in ("generator_steps", "epochs")
+        or not isinstance(next(iter(budget.values())), int)
+        or next(iter(budget.values())) < 1
+    ):
+        raise fail(f"{where} must be {{generator_steps: N}} or {{epochs: N}} with N >= 1, got {budget!r}")
+    return dict(budget)
+
+
+def describe_budget(budget: dict[str, int]) -> str:
+    """``1000 generator steps`` or ``20 epochs``."""
+    (key, value), = budget.items()
+    return f"{value} {'generator steps' if key == 'generator_steps' else 'epochs'}"
 
 
 def _repo_root(start: Path) -> Path:
@@ -325,6 +338,7 @@ def _config_entry(item: Any, base: Path, repo: Path, fail: Any) -> ConfigEntry:
         arguments=tuple(_arguments(item.get("arguments"), f"{item['config']}: arguments", fail)),
         after=after,
         checkpoint_argument=item.get("checkpoint_argument"),
+        budget=_budget(item["budget"], f"{item['config']}: budget", fail) if "budget" in item else None,
     )
 
 

@@ -413,7 +413,7 @@ class Worker:
             )
         overlay_file = run_dir / "study_overrides.yaml"
         overlay_file.write_text(yaml.safe_dump(overlay))
-        (key, value), = self.spec.budget.items()
+        (key, value), = (job.config.budget or self.spec.budget).items()
         budget = (
             [f"--generator_steps={value}", "--trainer.max_epochs=-1"]
             if key == "generator_steps"
