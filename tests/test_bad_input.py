@@ -148,6 +148,16 @@ def config_file(tmp: Path, text: str) -> str:
     return str(tmp / "x.yaml")
 
 
+def study_file(tmp: Path, change: str = "") -> str:
+    """A study of the digits GAN, with one line of it replaced by ``change``."""
+    lines = {"configs": f"configs: [{DIGITS}]", "seeds": "seeds: [0]", "budget": "budget: {generator_steps: 1}",
+             "folder": f"folder: {tmp / 'study'}"}
+    if change:
+        lines[change.split(":")[0]] = change
+    (tmp / "study.yaml").write_text("\n".join(lines.values()) + "\n")
+    return str(tmp / "study.yaml")
+
+
 def truncated_mnist(tmp: Path) -> list[str]:
     make_mnist(tmp, "MNIST")
     packed = tmp / "MNIST/raw/train-images-idx3-ubyte.gz"
@@ -314,6 +324,18 @@ CASES: dict[str, Case] = {
     "sample-cuda-without-gpu": Case(lambda r, t: sample(digits_ckpt(r), t, "--device", "cuda"), ["cuda", "--device cpu"],
                                     marks=[NO_GPU]),
     "sample-nrow-negative": Case(lambda r, t: sample(digits_ckpt(r), t, "--nrow", "-3"), ["--nrow", "-3"]),
+    # --- genlit study ---
+    "study-missing-file": Case(lambda r, t: ["study", "run", str(t / "nope.yaml")], ["nope.yaml", "does not exist"]),
+    "study-seeds-not-a-list": Case(lambda r, t: ["study", "run", study_file(t, "seeds: 3")],
+                                   ["seeds must be a list of integers", "[0, 1, 2]"]),
+    "study-budget-missing": Case(lambda r, t: ["study", "run", study_file(t, "budget: null")],
+                                 ["budget must be {generator_steps: N} or {epochs: N}"]),
+    "study-unknown-config": Case(lambda r, t: ["study", "run", study_file(t, "configs: [configs/mnist/nope.yaml]")],
+                                 ["configs/mnist/nope.yaml does not exist"]),
+    "study-workers-0": Case(lambda r, t: ["study", "run", study_file(t), "--workers", "0"], ["--workers-per-device", ">= 1"]),
+    "study-gpu-without-gpu": Case(lambda r, t: ["study", "run", study_file(t), "--devices", "0"], ["0 CUDA GPU", "cpu"],
+                                  marks=[NO_GPU]),
+    "study-report-before-run": Case(lambda r, t: ["study", "report", study_file(t)], ["no study", "genlit study run"]),
     "sample-unwritable-out": Case(lambda r, t: ["sample", "--ckpt", str(digits_ckpt(r)), "--out", str(t / "a_file/s.png")],
                                   ["a_file", "--out"]),
 }

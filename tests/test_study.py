@@ -333,3 +333,17 @@ def test_two_workers_on_postgresql_run_each_trial_once(tmp_path, postgres):
     check_each_once(study, 4)
     assert sum(int(out.split("this run ran ")[1].split()[0]) for out in outputs) == 4
     assert not (tmp_path / "out" / "study.db").exists()  # the server holds the study
+
+
+def test_a_changed_budget_or_evaluation_is_refused_but_not_a_data_root(tmp_path):
+    path = write_study(tmp_path, GANS, [0])
+    spec = load_study(path)
+    storage = open_storage(default_storage(spec), spec.retries)
+    open_study(spec, storage)
+    study = yaml.safe_load(path.read_text())
+    for change in ({"budget": {"generator_steps": 6}}, {"evaluation": {"num_samples": 50}}):
+        path.write_text(yaml.safe_dump({**study, **change}))
+        with pytest.raises(GenlitError, match="other configs, seeds or settings"):
+            open_study(load_study(path), storage)
+    path.write_text(yaml.safe_dump({**study, "arguments": [*TINY, "--data.init_args.root=/elsewhere"]}))
+    open_study(load_study(path), storage)  # where a machine keeps its data is not the study

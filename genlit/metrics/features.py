@@ -274,6 +274,18 @@ class InceptionLogits(InceptionFeatures):
     num_features = 1008
     layer = "logits_unbiased"
 
+    def __init__(self, weights_path: str | Path | None = None) -> None:
+        """Raises GenlitError, too, for a weights file without logits: one whose ``fc`` is NaN,
+        as ``benchmarks/inception_from_fid_helper.py`` writes (features only)."""
+        super().__init__(weights_path)
+        if bool(torch.isnan(self.net.fc.weight).all()):
+            path = weights_path or inception_weights_folder() / INCEPTION_WEIGHTS_FILE
+            raise GenlitError(
+                f"the Inception weights file {path} carries no Inception logits (it was converted "
+                f"from a features-only network): the Inception Score needs torch-fidelity's "
+                f"original weights file {INCEPTION_WEIGHTS_FILE}"
+            )
+
     def describe(self) -> str:
         return "inception logits (TF weights: comparable with published Inception Scores)"
 

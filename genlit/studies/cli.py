@@ -101,6 +101,11 @@ def study_main(argv: list[str]) -> None:
     url = args.storage or default_storage(spec)
     _quiet_optuna()
     if args.command == "report":
+        if args.storage is None and not (spec.folder / "study.db").is_file():
+            raise GenlitError(
+                f"no study {spec.name} in {spec.folder}: run it first (genlit study run "
+                f"{args.study}), or give the --storage it ran on"
+            )
         storage = open_storage(url, spec.retries)
         import optuna
 

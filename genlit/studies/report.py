@@ -95,18 +95,15 @@ def _number(value: float, digits: int = 4) -> str:
 def markdown(spec: StudySpec, study: Any, table: list[Row]) -> str:
     """The report: protocol, table, and what is not finished (failed trials with their error)."""
     lecture = any(spec.lecture.get(r.config) for r in table)
-    evaluated = next((r for r in table if r.features), None)
+    evaluated = {r.features: r for r in table if r.features}  # one line per feature network
     lines = [
         f"# Study {spec.name}",
         "",
         f"Budget {spec.describe_budget()} per trial; seeds {', '.join(map(str, spec.seeds))}; "
         f"evaluation: {spec.describe_evaluation()}.",
     ]
-    if evaluated is not None:
-        lines.append(
-            f"Measured with {evaluated.features}; {evaluated.num_samples} samples against "
-            f"{evaluated.reference}."
-        )
+    for features, row in evaluated.items():
+        lines.append(f"Measured with {features}; {row.num_samples} samples against {row.reference}.")
     lines += [
         "FID mean ± sample std over the finished trials (seeds); lower is better.",
         "",

@@ -167,8 +167,17 @@ class StudySpec:
         return next(c for c in self.configs if c.name == name)
 
     def fingerprint(self) -> str:
-        """What the stored trials were made from: a changed file is refused, not mixed in."""
-        return json.dumps(sorted(job.key for job in self.jobs()))
+        """What the stored trials were made from: a changed file is refused, not mixed in.
+
+        Each trial's config, setting, seed, own arguments and budget, and the evaluation; not
+        the study-wide ``arguments``, which say where a machine keeps its data.
+        """
+        jobs = [
+            [job.key, list(job.config.arguments), job.config.budget or self.budget,
+             {k: _cli_value(v) for k, v in job.params.items()}]
+            for job in self.jobs()
+        ]  # fmt: skip
+        return json.dumps({"jobs": sorted(jobs), "evaluation": self.evaluation}, sort_keys=True)
 
     def describe_evaluation(self) -> str:
         evaluation = self.evaluation

@@ -155,7 +155,8 @@ def open_study(spec: StudySpec, storage: Any, wait: float = 120.0) -> Any:
         if study.user_attrs["genlit_fingerprint"] != fingerprint:
             raise GenlitError(
                 f"study {spec.name} in this storage was made from a study file with other configs, "
-                "seeds or settings: give the changed file a new name:, or delete the old study "
+                "seeds or settings (budget, arguments, evaluation): give the changed file a new "
+                "name:, or delete the old study "
                 f"(optuna delete-study --study-name {spec.name} --storage URL)"
             ) from None
         return study
