@@ -53,22 +53,34 @@ def write_study(folder: Path, configs: list, seeds: list[int], steps: int = 5, *
 
 
 def worker(study: Path, *args: str) -> subprocess.Popen:
+    """A ``genlit study run`` process whose output goes to a file (a pipe nobody reads can fill)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(
+    log = tempfile.NamedTemporaryFile("w+", prefix="worker-", suffix=".log", dir=study.parent, delete=False)
+    process = subprocess.Popen(
         [sys.executable, "-m", "genlit", "study", "run", str(study), "--devices", "cpu", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    log.close()
+    process.log_path = Path(log.name)  # type: ignore[attr-defined]
+    return process
+
+
+def output(process: subprocess.Popen) -> str:
+    return process.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    out, _ = process.communicate(timeout=timeout)
+    process.wait(timeout=timeout)
+    out = output(process)
     assert process.returncode == 0, out[-3000:]
     return out
 
 
 def stored(path: Path, storage: str | None = None):
+    """The study as its workers see it, opened the way they open it."""
     spec = load_study(path)
-    study = optuna.load_study(study_name=spec.name, storage=storage or default_storage(spec))
+    url = storage or default_storage(spec)
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url, spec.retries))
     return spec, study
 
 
@@ -93,6 +105,30 @@ def check_each_once(study, expected: int) -> None:
         assert trials[0].value == trials[0].user_attrs["fid"] > 0
 
 
+OPEN_AND_CREATE = """
+import sys, optuna
+from genlit.studies.worker import open_storage
+try:
+    optuna.create_study(storage=open_storage(sys.argv[1], 1), study_name="race")
+except optuna.exceptions.DuplicatedStudyError:
+    pass
+"""
+
+
+def test_workers_opening_a_new_sqlite_storage_at_once_all_succeed(tmp_path):
+    # Optuna creates its tables and stamps their version on first open; unserialised, some of
+    # four processes opening one new file at once fail (a unique constraint on the stamp).
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'round{round_}.db'}"
+        processes = [
+            subprocess.Popen([sys.executable, "-c", OPEN_AND_CREATE, url], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        for process in processes:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-2000:]
+
+
 def test_two_workers_at_once_run_each_trial_once(tmp_path):
     path = write_study(tmp_path, GANS, [0, 1])
     first, second = worker(path), worker(path)  # both race to create the study
@@ -107,19 +143,24 @@ def test_two_workers_at_once_run_each_trial_once(tmp_path):
     assert len(stored(path)[1].get_trials()) == 4
 
 
-def running_trial(study_file: Path, timeout: float = 300):
+def running_trial(study_file: Path, process: subprocess.Popen, timeout: float = 300):
+    """The trial ``process`` runs once its first trial has finished."""
+    database = Path(default_storage(load_study(study_file)).removeprefix("sqlite:///"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            _, study = stored(study_file)
-            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-        except (KeyError, Exception):  # noqa: B014 - not created yet
-            running, done = [], []
+        assert process.poll() is None, f"the worker ended early:\n{output(process)[-3000:]}"
+        running, done = [], []
+        if database.is_file():
+            try:
+                trials = stored(study_file)[1].get_trials()  # one snapshot, not two that race
+                running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+                done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+            except KeyError:  # the worker has made the tables but not yet the study
+                pass
         if running and done:
             return running[0]
         time.sleep(0.3)
-    raise AssertionError("no trial started after the first finished")
+    raise AssertionError(f"no trial started after the first finished:\n{output(process)[-3000:]}")
 
 
 def children_alive(marker: str) -> bool:
@@ -136,7 +177,7 @@ def children_alive(marker: str) -> bool:
 def test_a_killed_worker_leaves_a_trial_that_a_restarted_worker_retries(tmp_path):
     path = write_study(tmp_path, GANS[:1], [0, 1], steps=200, retries=1)
     first = worker(path, "--heartbeat", "1")
-    trial = running_trial(path)  # seed 0 finished, seed 1 running
+    trial = running_trial(path, first)  # seed 0 finished, seed 1 running
     time.sleep(1.0)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)

@@ -17,6 +17,7 @@ them later continues the study.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -27,12 +28,17 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+try:  # advisory file locks (POSIX); elsewhere the retry alone handles the race
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from genlit.errors import GenlitError
 from genlit.studies.spec import Job, StudySpec
@@ -58,7 +64,8 @@ def open_storage(url: str, retries: int, heartbeat: int = 30) -> Any:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     for attempt in range(5):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            with _creation_lock(url), warnings.catch_warnings():
+                # heartbeats are "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url,
@@ -75,12 +82,40 @@ def open_storage(url: str, retries: int, heartbeat: int = 30) -> Any:
         except Exception as err:  # noqa: BLE001 - SQLAlchemy's connection errors span many types
             # Workers started at once on an empty database race to create Optuna's tables:
             # the losers see a duplicate key and find the tables made when they try again.
-            if attempt < 4 and ("duplicate" in str(err).lower() or "already exists" in str(err)):
+            if attempt < 4 and _lost_creation_race(err):
                 time.sleep(1.0 + attempt)
                 continue
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise GenlitError(f"cannot open the study storage {url}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Serialises the creation of a SQLite file's tables among this machine's workers.
+
+    Optuna creates its tables and stamps their schema version on first open; two processes
+    doing so at once on one SQLite file collide (a duplicate table, or a unique constraint on
+    the version stamp). An advisory lock on ``FILE.lock`` beside the database lets one create
+    them and the others find them made. Server databases (PostgreSQL, MySQL) need no lock: the
+    losers' duplicate-key errors are retried by :func:`open_storage`.
+    """
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:" or fcntl is None:
+        yield
+        return
+    lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lost_creation_race(err: Exception) -> bool:
+    """Whether ``err`` is another worker's table creation seen from this one (worth a retry)."""
+    text = f"{type(err).__name__} {err}".lower()
+    return any(key in text for key in ("duplicate", "already exists", "unique constraint", "integrityerror"))
 
 
 def retry_callback(retries: int) -> Callable[[Any, Any], None]:
