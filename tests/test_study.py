@@ -201,6 +201,49 @@ def test_a_killed_worker_leaves_a_trial_that_a_restarted_worker_retries(tmp_path
     assert Path(retried.user_attrs["run_dir"]) != Path(run_dir)  # the lost run's files are kept
 
 
+def test_after_runs_a_config_on_its_prerequisites_checkpoint_and_fails_when_that_failed(tmp_path):
+    small_ae = [
+        "--model.init_args.encoder.init_args.width=8",
+        "--model.init_args.decoder.init_args.width=8",
+        "--model.init_args.ot_codes=200",
+        "--model.init_args.ot_max_seconds=20",
+    ]
+    small_gan = [
+        "--model.init_args.encoder.init_args.width=8",
+        "--model.init_args.generator.init_args.width=8",
+        "--model.init_args.discriminator.init_args.width=8",
+    ]
+    after = {"checkpoint_argument": "model.init_args.autoencoder_checkpoint"}
+    configs = [
+        # Listed before their prerequisites: the study orders them.
+        {"config": "configs/digits/aeot_gan.yaml", "after": "configs/digits/aeot.yaml", "arguments": small_gan, **after},
+        {"config": "configs/digits/aeot_gan.yaml", "name": "digits/orphan", "after": "digits/broken_aeot",
+         "arguments": small_gan, **after},
+        {"config": "configs/digits/aeot.yaml", "budget": {"epochs": 1}, "arguments": small_ae},
+        {"config": "configs/digits/aeot.yaml", "name": "digits/broken_aeot", "budget": {"epochs": 1},
+         "arguments": [*small_ae, "--model.init_args.ot_cods=5"]},
+    ]  # fmt: skip
+    path = write_study(tmp_path, configs, [0], arguments=[])
+    first, second = worker(path), worker(path)  # the second waits for the prerequisite the first runs
+    outputs = [finish(first), finish(second)]
+    jobs = trials_per_job(stored(path)[1])
+    states = {key: [t.state.name for t in trials] for key, trials in jobs.items()}
+    assert states == {
+        "digits/aeot:setting0:seed0": ["COMPLETE"],
+        "digits/aeot_gan:setting0:seed0": ["COMPLETE"],
+        "digits/broken_aeot:setting0:seed0": ["FAIL"],
+        "digits/orphan:setting0:seed0": ["FAIL"],
+    }, outputs
+    prerequisite = jobs["digits/aeot:setting0:seed0"][0]
+    gan = jobs["digits/aeot_gan:setting0:seed0"][0]
+    assert gan.datetime_start >= prerequisite.datetime_complete
+    fit_log = (Path(gan.user_attrs["run_dir"]) / "fit.log").read_text()
+    assert f"--model.init_args.autoencoder_checkpoint={prerequisite.user_attrs['checkpoint']}" in fit_log
+    orphan = jobs["digits/orphan:setting0:seed0"][0]
+    assert orphan.user_attrs["error"] == "its prerequisite digits/broken_aeot seed 0 failed"
+    assert "run_dir" not in orphan.user_attrs  # it never ran
+
+
 def test_a_broken_config_fails_with_its_error_line_and_the_study_goes_on(tmp_path):
     broken = {"config": GANS[1], "name": "digits/broken", "arguments": ["--model.init_args.los=hinge"]}
     path = write_study(tmp_path, [GANS[0], broken], [0], retries=2)
