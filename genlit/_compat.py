@@ -174,6 +174,54 @@ def complete_batch_progress(trainer: Any) -> None:
         progress.increment_completed()
 
 
+# Hooks a direct step would skip: where any callback or the module overrides one, Lightning's
+# own backward and optimizer step run instead.
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "backward")
+
+
+def direct_steps_possible(trainer: Any, module: Any) -> str | None:
+    """Why Lightning's per-step machinery must run for ``module``'s manual steps, or ``None``.
+
+    With manual optimization, ``manual_backward`` and ``LightningOptimizer.step`` run the
+    precision plugin, the strategy and five hooks per optimizer step: for a tiny network, or any
+    network on a GPU, more host time than the step's own kernels. On one device in full (or
+    scaler-free mixed) precision, with none of those hooks overridden, they do nothing but call
+    ``loss.backward()`` and ``optimizer.step()``; genlit then calls those itself, keeping
+    Lightning's step counting and profiler marks (:func:`step_directly`).
+    """
+    from lightning.pytorch import Callback, LightningModule
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if type(trainer.strategy) is not SingleDeviceStrategy:
+        return f"the {type(trainer.strategy).__name__} strategy"
+    plugin = trainer.precision_plugin
+    if type(plugin) is not Precision and not (type(plugin) is MixedPrecision and plugin.scaler is None):
+        return f"{trainer.precision} precision"
+    for hook in STEP_HOOKS:
+        for callback in trainer.callbacks if hook != "backward" else ():
+            if is_overridden(hook, callback, Callback):
+                return f"the {type(callback).__name__} callback's {hook}"
+        if is_overridden(hook, module, LightningModule):
+            return f"{type(module).__name__}.{hook}"
+    return None
+
+
+def step_directly(optimizer: Any, replayed: bool = False) -> None:
+    """``LightningOptimizer.step()`` without the strategy and precision plugin in between.
+
+    Runs the same marks Lightning's manual loop sets around every step (its step counter, which
+    ``trainer.global_step`` reads, and the ``optimizer_step`` profiler section), with the wrapped
+    torch optimizer's ``step()`` between them, or nothing between them when a CUDA graph
+    replay has just made the step (``replayed``). Only where :func:`direct_steps_possible` says so.
+    """
+    optimizer._on_before_step()
+    if not replayed:
+        optimizer.optimizer.step()
+    optimizer._on_after_step()
+
+
 # --- torch-fidelity ----------------------------------------------------------------------------
 
 

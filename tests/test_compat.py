@@ -150,3 +150,62 @@ def test_torch_fidelity_precision_recall_of_points_on_a_line():
     precision, recall = _compat.precision_recall(fake, real, nearest_k=1)
     assert precision == 0.5
     assert recall == 0.75  # 0, 1 and 2 lie within 1 of 0.5 or 1.5; 3 does not (1.5 away)
+
+
+class _Counted(LightningModule):
+    """Manual optimization of one layer; records global_step at each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer = torch.nn.Linear(2, 1)
+        self.steps: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        loss = self.layer(batch[0]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        _compat.step_directly(opt)
+        self.steps.append(self.trainer.global_step)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(12, 2))
+        return torch.utils.data.DataLoader(data, batch_size=2)
+
+
+def test_step_directly_keeps_lightnings_step_count_and_moves_the_weights(tmp_path):
+    model = _Counted()
+    before = model.layer.weight.detach().clone()
+    trainer = Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model)
+    assert model.steps == [1, 2, 3, 4]  # the marks Lightning's manual loop counts steps with
+    assert trainer.global_step == 4
+    assert not torch.equal(model.layer.weight, before)
+
+
+def test_direct_steps_possible_names_what_needs_lightnings_machinery(tmp_path):
+    from lightning.pytorch import Callback
+
+    class Hooked(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            pass
+
+    class Backward(_Counted):
+        def backward(self, loss, *args, **kwargs):
+            loss.backward()
+
+    def reason(model=None, **kwargs):
+        trainer = Trainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path, **kwargs)
+        return _compat.direct_steps_possible(trainer, model or _Counted())
+
+    assert reason() is None
+    assert reason(callbacks=[Hooked()]) == "the Hooked callback's on_before_optimizer_step"
+    assert reason(Backward()) == "Backward.backward"
+    assert reason(precision="bf16-mixed") is None  # no loss scaler: nothing to do around the step
+    assert reason(precision="64-true") == "64-true precision"
+    assert "strategy" in reason(strategy=DDPStrategy(), devices=1, accelerator="cpu")

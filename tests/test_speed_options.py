@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import nn
 
 from datamodules.images import Digits
@@ -63,3 +63,45 @@ def test_gradient_penalty_keeps_the_critic_eager(monkeypatch):
     with pytest.warns(UserWarning, match="critic stays eager"):
         fit(model, steps=2)
     assert compiled == ["DCGANGenerator"]
+
+
+class _BeforeStep(Callback):
+    """Overrides a step hook, so Lightning's own backward and optimizer step must run."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls += 1
+
+
+@pytest.mark.parametrize("family", ["gan", "wgan_gp"])
+def test_direct_steps_train_bitwise_as_lightnings_steps(family, monkeypatch):
+    from genlit import _compat
+
+    direct_steps = []
+    step_directly = _compat.step_directly
+    monkeypatch.setattr(_compat, "step_directly", lambda opt: (direct_steps.append(1), step_directly(opt)))
+
+    def build():
+        seed_everything(0)
+        if family == "gan":
+            return GAN(*nets(), adam, adam)
+        return WGANGP(*nets(batch_norm=False), adam, adam, n_critic=2)
+
+    direct, hooked = build(), build()
+    seed_everything(1)
+    direct_trainer = fit(direct, steps=6)
+    assert len(direct_steps) == 6
+    callback = _BeforeStep()
+    seed_everything(1)
+    trainer = Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      callbacks=[callback])
+    trainer.fit(hooked, datamodule=Digits(image_size=16, batch_size=16))
+    assert callback.calls == 6  # the hook ran: this model took Lightning's path
+    assert len(direct_steps) == 6
+    assert direct_trainer.global_step == trainer.global_step == 6
+    assert direct.generator_updates == hooked.generator_updates
+    for key, value in direct.state_dict().items():
+        assert torch.equal(hooked.state_dict()[key], value), key

@@ -15,7 +15,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.loggers import Logger
 
-_TRAINING = {"training_step", "manual_backward", "backward", "optimizer_step", "run_phase"}
+_TRAINING = {"training_step", "manual_backward", "backward", "optimizer_step", "run_phase", "step_optimizer"}
 
 
 def failing_part(exception: BaseException) -> str | None:

@@ -304,6 +304,7 @@ class AE(AutoencoderModel):
         super().agree_across_ranks()
 
     def on_train_end(self) -> None:
+        super().on_train_end()
         self.complete_training()  # done already when the final evaluation or checkpoint ran
 
     def on_training_complete(self) -> None:

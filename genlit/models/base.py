@@ -28,6 +28,7 @@ from genlit import _compat
 from genlit.batches import batch_data
 from genlit.models import random_state
 from genlit.models.buffers import agree_buffers
+from genlit.models.capture import CapturedSteps, capture_problem, eager_optimizer_states, ema_update
 from genlit.models.compatibility import check_compatible
 from genlit.models.divergence import DivergenceGuard
 from genlit.models.optimizers import build_optimizer
@@ -82,6 +83,7 @@ class GenerativeModel(LightningModule):
         """
         self._rng_to_restore: dict[str, Any] | None = None
         self._completed_at: int | None = None  # the global step complete_training last ran at
+        self._direct_steps = False  # see on_train_start
 
     @classmethod
     def load_from_checkpoint(
@@ -224,6 +226,7 @@ class GenerativeModel(LightningModule):
         trained: nn.Module | Sequence[nn.Module],
         compute: Callable[[], dict[str, Tensor]],
         grad_norm_key: str | None = None,
+        keep_gradients: bool = False,
     ) -> dict[str, Tensor]:
         """One update of ``trained``: every other declared network frozen, the loss checked.
 
@@ -235,6 +238,8 @@ class GenerativeModel(LightningModule):
             compute: Returns the phase's outputs, at least ``{"loss": ...}``.
             grad_norm_key: Where to put the gradient norm of ``trained`` in the outputs, on
                 logging steps; ``None`` measures nothing.
+            keep_gradients: Zero the gradient tensors in place instead of freeing them (a
+                captured graph replays into them).
 
         Returns:
             What ``compute`` returned, plus the gradient norm when measured.
@@ -245,17 +250,25 @@ class GenerativeModel(LightningModule):
             out = compute()
             self.check_loss(name, out["loss"])
             measure = grad_norm_key is not None and self.logs_this_step()
-            norm = self.step_optimizer(optimizer, out["loss"], trained, measure)
+            norm = self.step_optimizer(optimizer, out["loss"], trained, measure, keep_gradients)
         if norm is not None:
             out[grad_norm_key] = norm
         return out
 
     def step_optimizer(
-        self, optimizer: Any, loss: Tensor, network: nn.Module | Sequence[nn.Module], measure: bool = False
+        self,
+        optimizer: Any,
+        loss: Tensor,
+        network: nn.Module | Sequence[nn.Module],
+        measure: bool = False,
+        keep_gradients: bool = False,
     ) -> Tensor | None:
         """Backward and step; returns the gradient norm of ``network`` when ``measure`` is set."""
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        optimizer.zero_grad(set_to_none=not keep_gradients)
+        if self._direct_steps:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
         norm = None
         if measure:
             networks = [network] if isinstance(network, nn.Module) else network
@@ -265,7 +278,10 @@ class GenerativeModel(LightningModule):
             scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
             if scaler is not None and scaler.is_enabled():
                 norm = norm / scaler.get_scale()
-        optimizer.step()
+        if self._direct_steps:
+            _compat.step_directly(optimizer)
+        else:
+            optimizer.step()
         return norm
 
     def check_loss(self, name: str, value: Tensor | None) -> None:
@@ -300,6 +316,19 @@ class GenerativeModel(LightningModule):
             # Every rank was seeded alike, so the weights start equal; the noise must not be,
             # or all ranks would train on the same fakes.
             random_state.offset_for_rank(trainer.global_rank)
+
+    def on_train_start(self) -> None:
+        # On one device with no backward or optimizer-step hook in use, Lightning's per-step
+        # machinery around backward() and step() does nothing but cost host time (a tiny
+        # network's step doubles): genlit then calls the two itself (genlit._compat).
+        trainer = self.attached_trainer
+        self._direct_steps = (
+            trainer is not None and not self.automatic_optimization
+            and _compat.direct_steps_possible(trainer, self) is None
+        )
+
+    def on_train_end(self) -> None:
+        self._direct_steps = False
 
     def on_validation_start(self) -> None:
         self.agree_across_ranks()  # under DDP every rank evaluates rank 0's network
@@ -373,9 +402,17 @@ class AdversarialModel(GenerativeModel):
             whose discriminator step needs a double backward, which the compiler does not
             support: the gradient penalty of WGAN-GP).
         channels_last: Keep image networks and batches in channels-last memory layout.
+        capture: Record the discriminator and the generator phase as CUDA graphs once and
+            replay them every step (``genlit.models.capture``): far fewer host costs for small
+            networks on a GPU. It needs one CUDA device and 32-true precision; elsewhere, or
+            where the step cannot be captured, the run trains eagerly after one warning.
+            Checkpoints are the same either way.
     """
 
     networks = ("generator", "discriminator")
+    capturable: ClassVar[bool] = False
+    """Whether the family's two phases can be recorded as CUDA graphs (``capture``): device work
+    only, no host reads, no Python decision on tensor values inside a phase."""
     default_optimizer: ClassVar[OptimizerCallable] = torch.optim.Adam
     """The optimizer of both networks when the config gives none."""
     double_backward = False
@@ -391,6 +428,7 @@ class AdversarialModel(GenerativeModel):
         compile_generator: bool = False,
         compile_discriminator: bool = False,
         channels_last: bool = False,
+        capture: bool = False,
     ) -> None:
         super().__init__()
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -410,6 +448,8 @@ class AdversarialModel(GenerativeModel):
         self.compile_generator = compile_generator
         self.compile_discriminator = compile_discriminator
         self.channels_last = channels_last
+        self.capture = capture
+        self._captured: CapturedSteps | None = None  # set up at the start of a capturing fit
         self.discriminator_steps = 1
         """Discriminator updates per generator update; each family sets it from its own argument."""
         self.generator_ema: AveragedModel | None = None
@@ -491,22 +531,58 @@ class AdversarialModel(GenerativeModel):
         if self.channels_last and real.dim() == 4:
             real = real.contiguous(memory_format=torch.channels_last)
         opt_g, opt_d = self.optimizers()[:2]  # a family may add optimizers after these
-        d_out = self.run_phase(
-            "d_loss", opt_d, self.discriminator, lambda: self.discriminator_step(real), "grad_norm_d"
+        d_out = self.phase(
+            "d_loss", opt_d, self.discriminator, self.discriminator_step, real, self.after_discriminator_update,
+            "grad_norm_d",
         )
         self.discriminator_updates += 1
-        self.after_discriminator_update()
         g_out = None
         if self.is_generator_turn():
-            g_out = self.run_phase(
-                "g_loss", opt_g, self.generator, lambda: self.generator_step(real.shape[0]), "grad_norm_g"
+            g_out = self.phase(
+                "g_loss", opt_g, self.generator, self.generator_step, real.shape[0], self.update_ema, "grad_norm_g"
             )
             self.generator_updates += 1
-            if self.generator_ema is not None:
-                self.generator_ema.update_parameters(self.generator)
             self.after_generator_update(g_out)
         if self.logs_this_step():
             self.log_phase("train", d_out, g_out)
+
+    def phase(
+        self,
+        name: str,
+        optimizer: Any,
+        trained: nn.Module,
+        compute: Callable[[Any], dict[str, Tensor]],
+        argument: Tensor | int,
+        after: Callable[[], None],
+        grad_norm_key: str,
+    ) -> dict[str, Tensor]:
+        """One update of ``trained`` by ``compute(argument)``, then ``after()``: eager, or
+        replayed from its CUDA graph under ``capture``."""
+        if self._captured is not None:
+            return self._captured.run(name, optimizer, trained, compute, argument, after, grad_norm_key)
+        out = self.run_phase(name, optimizer, trained, lambda: compute(argument), grad_norm_key)
+        after()
+        return out
+
+    def update_ema(self) -> None:
+        """Moves the averaged generator towards the generator (after each generator update)."""
+        if self.generator_ema is not None:
+            ema_update(self.generator_ema, self.generator)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._captured = None
+        trainer = self.attached_trainer
+        if self.capture and trainer is not None:
+            problem = capture_problem(self, trainer)
+            if problem is None:
+                self._captured = CapturedSteps(self)
+            else:
+                rank_zero_warn(f"capture is off for this run: {problem}; the steps run eager")
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self._captured = None
 
     def is_generator_turn(self) -> bool:
         """True after every ``discriminator_steps``-th discriminator update."""
@@ -550,6 +626,8 @@ class AdversarialModel(GenerativeModel):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
+        if self._captured is not None:  # the eager layout: a captured run resumes eagerly
+            eager_optimizer_states(checkpoint.get("optimizer_states", []))
         checkpoint["genlit_counters"] = {
             "discriminator_updates": self.discriminator_updates,
             "generator_updates": self.generator_updates,
@@ -557,6 +635,8 @@ class AdversarialModel(GenerativeModel):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        if self.generator_ema is not None:
+            self.generator_ema.genlit_started = False  # the first update after loading is torch's own
         counters = checkpoint.get("genlit_counters", {})
         self.discriminator_updates = counters.get("discriminator_updates", 0)
         self.generator_updates = counters.get("generator_updates", 0)

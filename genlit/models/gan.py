@@ -28,6 +28,8 @@ class GAN(AdversarialModel):
         **kwargs: The other arguments of :class:`AdversarialModel`.
     """
 
+    capturable = True
+
     def __init__(self, *args: Any, loss: GANLoss = "non_saturating", k: int = 1, **kwargs: Any) -> None:
         if k < 1:
             raise ValueError(f"k (discriminator steps per generator step) must be >= 1, got {k}")

@@ -30,6 +30,8 @@ class WassersteinGAN(AdversarialModel):
         **kwargs: The other arguments of :class:`AdversarialModel`.
     """
 
+    capturable = True
+
     def __init__(self, *args: Any, n_critic: int = 5, **kwargs: Any) -> None:
         if n_critic < 1:
             raise ValueError(f"n_critic (critic steps per generator step) must be >= 1, got {n_critic}")
