@@ -178,8 +178,8 @@ def test_wae_gan_each_update_moves_only_its_own_networks(tmp_path):
     enc, dec, disc = model.encoder, model.decoder, model.discriminator
     snaps = [{"enc": _snapshot(enc), "dec": _snapshot(dec), "disc": _snapshot(disc)}]
 
-    def spy(optimizer, loss, network, measure=False):
-        norm = WAE.step_optimizer(model, optimizer, loss, network, measure)
+    def spy(optimizer, loss, network, measure=False, keep_gradients=False):
+        norm = WAE.step_optimizer(model, optimizer, loss, network, measure, keep_gradients)
         snaps.append({"enc": _snapshot(enc), "dec": _snapshot(dec), "disc": _snapshot(disc)})
         return norm
 

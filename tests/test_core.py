@@ -45,7 +45,7 @@ def test_networks_and_optimizer_factories_stay_out_of_the_hyperparameters():
     model = GAN(MLPGenerator(hidden_dim=8), MLPDiscriminator(hidden_dim=8), adam, adam, loss="hinge", k=2)
     assert dict(model.hparams) == {"loss": "hinge", "k": 2, "ema_decay": None,
                                    "compile_generator": False, "compile_discriminator": False,
-                                   "channels_last": False}
+                                   "channels_last": False, "capture": False}
     assert model.discriminator_steps == 2 and model.optimizer_steps_per_generator_step == 3
 
 
