@@ -119,12 +119,16 @@ def test_optimizer_states_are_written_in_the_eager_layout_without_touching_the_o
     optimizer = torch.optim.Adam(layer.parameters())
     layer(torch.randn(4, 3)).sum().backward()
     optimizer.step()
-    make_capturable(optimizer)  # what a captured run's optimizer looks like (steps stay on this CPU)
+    before = make_capturable(optimizer)  # what a captured run's optimizer looks like (steps stay on this CPU)
+    assert before == [False]
     assert all(group["capturable"] for group in optimizer.param_groups)
     live = {id(s["step"]) for s in optimizer.state.values()}
     states = [optimizer.state_dict()]
-    eager_optimizer_states(states)
+    eager_optimizer_states(states, [before])
     assert all(group["capturable"] is False for group in states[0]["param_groups"])
+    configured = [optimizer.state_dict()]
+    eager_optimizer_states(configured, [[True]])  # an optimizer the config made capturable stays so
+    assert configured[0]["param_groups"][0]["capturable"] is True
     assert all(group["capturable"] for group in optimizer.param_groups)  # the live optimizer keeps its form
     assert {id(s["step"]) for s in optimizer.state.values()} == live
     fresh = torch.optim.Adam(nn.Linear(3, 2).parameters())

@@ -627,7 +627,7 @@ class AdversarialModel(GenerativeModel):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self._captured is not None:  # the eager layout: a captured run resumes eagerly
-            eager_optimizer_states(checkpoint.get("optimizer_states", []))
+            eager_optimizer_states(checkpoint.get("optimizer_states", []), self._captured.capturable_before)
         checkpoint["genlit_counters"] = {
             "discriminator_updates": self.discriminator_updates,
             "generator_updates": self.generator_updates,

@@ -57,29 +57,37 @@ def capture_problem(model: Any, trainer: Any) -> str | None:
     return None
 
 
-def make_capturable(optimizer: torch.optim.Optimizer) -> None:
-    """Switches ``optimizer`` to its capturable form, its step counters moved to the device."""
+def make_capturable(optimizer: torch.optim.Optimizer) -> list[bool]:
+    """Switches ``optimizer`` to its capturable form, its step counters moved to the device.
+
+    Returns:
+        Each parameter group's ``capturable`` before (what checkpoints keep writing).
+    """
     if "capturable" not in optimizer.defaults:
-        return  # SGD: no step counter, graph-safe as it is
+        return []  # SGD: no step counter, graph-safe as it is
+    before = [bool(group.get("capturable", False)) for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["capturable"] = True
         for p in group["params"]:
             state = optimizer.state.get(p, {})
             if isinstance(state.get("step"), Tensor):
                 state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+    return before
 
 
-def eager_optimizer_states(states: list[dict[str, Any]]) -> None:
+def eager_optimizer_states(states: list[dict[str, Any]], before: list[list[bool]] | None = None) -> None:
     """Rewrites optimizer state dicts of a captured run in the layout an eager run writes.
 
-    ``capturable`` back to ``False`` and step counters as CPU tensors: a checkpoint of a captured
-    run then loads into an eager run on any machine, a CPU one included. The live optimizers
-    are untouched (their per-parameter dicts are replaced in the copy, not changed).
+    ``capturable`` back to what the config gave (``before``, from :func:`make_capturable`; off
+    when not given) and step counters as CPU tensors: a checkpoint of a captured run then loads
+    into an eager run on any machine, a CPU one included. The live optimizers are untouched
+    (their per-parameter dicts are replaced in the copy, not changed).
     """
-    for state in states:
-        for group in state.get("param_groups", []):
-            if group.get("capturable"):
-                group["capturable"] = False
+    for index, state in enumerate(states):
+        flags = before[index] if before is not None and index < len(before) else []
+        for number, group in enumerate(state.get("param_groups", [])):
+            if "capturable" in group:
+                group["capturable"] = flags[number] if number < len(flags) else False
         per_param = state.get("state", {})
         for key, values in list(per_param.items()):
             step = values.get("step")
@@ -192,8 +200,8 @@ class CapturedSteps:
         self.model = model
         self.stream = torch.cuda.Stream(device=model.device)
         self.phases: dict[str, PhaseGraph] = {}
-        for optimizer in model.trainer.optimizers:
-            make_capturable(optimizer)
+        self.capturable_before = [make_capturable(optimizer) for optimizer in model.trainer.optimizers]
+        """Each optimizer's groups' ``capturable`` as configured: what checkpoints keep."""
 
     def run(
         self,
