@@ -129,6 +129,40 @@ def test_workers_opening_a_new_sqlite_storage_at_once_all_succeed(tmp_path):
             assert process.returncode == 0, err[-2000:]
 
 
+CLAIM_ALL = """
+import sys, time
+from genlit.studies.spec import load_study
+from genlit.studies.worker import Worker, default_storage, open_storage, open_study
+spec = load_study(sys.argv[1])
+storage = open_storage(default_storage(spec), spec.retries)
+worker = Worker(spec, open_study(spec, storage), storage)
+time.sleep(float(sys.argv[2]) - time.time())  # every process claims from the same moment
+claimed = []
+while (got := worker.claim()) is not None:
+    claimed.append(got[1])
+print(" ".join(map(str, claimed)))
+"""
+
+
+def test_workers_claiming_at_once_never_take_the_same_trial(tmp_path):
+    # SQLite takes no row lock for Optuna's read of a trial's state: unserialised, two workers
+    # both read WAITING and both claim the trial.
+    path = write_study(tmp_path, GANS, list(range(6)))  # 12 waiting trials
+    open_study(load_study(path), open_storage(default_storage(load_study(path)), 1))
+    start = str(time.time() + 8)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CLAIM_ALL, str(path), start], cwd=REPO, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]  # fmt: skip
+    claimed = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
+        claimed += [int(n) for n in out.split()]
+    assert sorted(claimed) == list(range(12))  # each trial by exactly one worker
+
+
 def test_two_workers_at_once_run_each_trial_once(tmp_path):
     path = write_study(tmp_path, GANS, [0, 1])
     first, second = worker(path), worker(path)  # both race to create the study

@@ -64,7 +64,7 @@ def open_storage(url: str, retries: int, heartbeat: int = 30) -> Any:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     for attempt in range(5):
         try:
-            with _creation_lock(url), warnings.catch_warnings():
+            with storage_lock(url), warnings.catch_warnings():
                 # heartbeats are "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
@@ -91,14 +91,15 @@ def open_storage(url: str, retries: int, heartbeat: int = 30) -> Any:
 
 
 @contextlib.contextmanager
-def _creation_lock(url: str) -> Iterator[None]:
-    """Serialises the creation of a SQLite file's tables among this machine's workers.
+def storage_lock(url: str) -> Iterator[None]:
+    """Serialises a read-then-write on a SQLite storage among this machine's workers.
 
-    Optuna creates its tables and stamps their schema version on first open; two processes
-    doing so at once on one SQLite file collide (a duplicate table, or a unique constraint on
-    the version stamp). An advisory lock on ``FILE.lock`` beside the database lets one create
-    them and the others find them made. Server databases (PostgreSQL, MySQL) need no lock: the
-    losers' duplicate-key errors are retried by :func:`open_storage`.
+    SQLite takes no row lock for a read (Optuna's ``FOR UPDATE`` is ignored there, and Python's
+    driver opens the transaction only at the write): two workers could both read a trial as
+    ``WAITING`` and both claim it, or both fail the same stale trial and retry it twice, and two
+    first opens collide on Optuna's schema stamp. An advisory lock on ``FILE.lock`` beside the
+    database makes each of these one worker's at a time. Server databases (PostgreSQL, MySQL)
+    lock the row themselves; there it does nothing.
     """
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:" or fcntl is None:
         yield
@@ -316,7 +317,8 @@ class Worker:
 
         while not self.stop.is_set():
             try:
-                optuna.storages.fail_stale_trials(self.study)
+                with storage_lock(self.storage.url):  # one worker fails (and retries) a stale trial
+                    optuna.storages.fail_stale_trials(self.study)
                 claimed = self.claim()
             except Exception as err:  # noqa: BLE001 - a locked SQLite file, a lost connection
                 if "locked" not in str(err) and "could not serialize" not in str(err):
@@ -355,8 +357,9 @@ class Worker:
                     continue  # its prerequisite is still to run
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             try:
-                if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                    continue  # another worker took it
+                with storage_lock(self.storage.url):  # SQLite: the state is read and set by one worker
+                    if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                        continue  # another worker took it
             except optuna_update_error():
                 continue
             self.storage.record_heartbeat(trial_id)
