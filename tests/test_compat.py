@@ -152,13 +152,12 @@ def test_torch_fidelity_precision_recall_of_points_on_a_line():
     assert recall == 0.75  # 0, 1 and 2 lie within 1 of 0.5 or 1.5; 3 does not (1.5 away)
 
 
-class _Counted(LightningModule):
-    """Manual optimization of one layer; records global_step at each step."""
+class _Counted(_Recorder):
+    """Manual optimization of the same layer and data; records global_step at each step."""
 
     def __init__(self) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.layer = torch.nn.Linear(2, 1)
         self.steps: list[int] = []
 
     def training_step(self, batch, batch_idx):
@@ -168,13 +167,6 @@ class _Counted(LightningModule):
         loss.backward()
         _compat.step_directly(opt)
         self.steps.append(self.trainer.global_step)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        data = torch.utils.data.TensorDataset(torch.randn(12, 2))
-        return torch.utils.data.DataLoader(data, batch_size=2)
 
 
 def test_step_directly_keeps_lightnings_step_count_and_moves_the_weights(tmp_path):
