@@ -187,7 +187,7 @@ def test_laplacian_l1_is_zero_for_equal_images_and_the_difference_for_a_constant
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"glo_epochs": 0}, "glo_epochs"), ({"codes_lr": 0.0}, "codes_lr"), ({"imle_candidates": 0}, "imle_candidates"),
-     ({"num_codes": 0}, "num_codes")],
+     ({"num_codes": 0}, "num_codes"), ({"lr_halving_epochs": 0}, "lr_halving_epochs")],
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -197,3 +197,108 @@ def test_bad_settings_are_refused(kwargs, message):
 def test_a_mapper_for_other_codes_is_refused():
     with pytest.raises(ValueError, match="set the mapper's latent_dim to 16"):
         GLANN(DCGANGenerator(16, 1, 8, 16), CodeMapper(8, 12, 64))
+
+
+def test_sample_codes_lie_on_the_unit_sphere_before_and_after_imle():
+    torch.manual_seed(0)
+    model = _glann(num_codes=40)
+    # Before IMLE: draws of the codes' Gaussian, each projected onto the sphere the codes live on.
+    assert not model.mapper_trained
+    norms = model.sample_codes(64).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    # After: the mapper's T(e), projected alike (an untrained mapper's outputs are far from norm 1).
+    model.imle_epoch.fill_(0)
+    model.mapper.eval()
+    raw = model.mapper(torch.randn(64, model.noise_dim)).norm(dim=1)
+    assert (raw - 1).abs().max() > 0.1, raw
+    norms = model.sample_codes(64).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_samples_decode_the_mapped_noise_divided_by_its_norm():
+    torch.manual_seed(0)
+    model = _glann(num_codes=40)
+    model.imle_epoch.fill_(0)
+    torch.manual_seed(1)
+    e = torch.randn(8, model.noise_dim)
+    model.eval()
+    with torch.no_grad():
+        mapped = model.mapper(e)
+        expected = model.generator(mapped / mapped.norm(dim=1, keepdim=True))
+    model.train()
+    torch.manual_seed(1)
+    samples = model.sample(8)
+    torch.testing.assert_close(samples, expected)
+    assert model.generator.training and model.mapper.training  # sample() restores the modes
+
+
+def test_the_mapper_has_batch_norm_and_no_biases_only_when_asked():
+    plain, normed = CodeMapper(8, 16, 64), CodeMapper(8, 16, 64, batch_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    assert all(m.bias is not None for m in plain.modules() if isinstance(m, torch.nn.Linear))
+    # The official _netT: Linear (no bias), BatchNorm1d, ReLU, twice, then Linear (no bias).
+    assert [type(m).__name__ for m in normed.net] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    assert all(m.bias is None for m in normed.modules() if isinstance(m, torch.nn.Linear))
+    assert normed(torch.randn(5, 8)).shape == plain(torch.randn(5, 8)).shape == (5, 16)
+
+
+@pytest.mark.parametrize(("reduction", "divisor"), [("sum", 3), ("mean", 3 * 16)])
+def test_the_imle_loss_sums_or_averages_the_squared_error_of_each_code(reduction, divisor):
+    torch.manual_seed(0)
+    model = _glann(num_codes=10, imle_loss=reduction)
+    model.imle_noise = torch.randn(10, model.noise_dim)
+    positions = torch.tensor([0, 3, 7])
+    with torch.no_grad():
+        error = (model.mapper(model.imle_noise[positions]) - model.codes.weight[positions]).pow(2)  # (3, 16)
+    # sum: over each code's 16 entries, then the batch's mean; mean: over all 3 x 16 entries.
+    torch.testing.assert_close(model.imle_step(positions)["loss"], error.sum() / divisor)
+
+
+class _Rates(Callback):
+    """Each stage optimizer's learning rates and Adam state size at each epoch's first batch."""
+
+    def __init__(self) -> None:
+        self.at: list[tuple[list[float], int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            opt = pl_module.optimizers()[0 if pl_module.in_glo_stage() else 1].optimizer
+            self.at.append(([g["lr"] for g in opt.param_groups], bool(opt.state)))
+
+
+def test_rates_halve_within_each_stage_and_fresh_optimizers_start_each_epoch_empty(tmp_path):
+    seed_everything(0)
+    rates = _Rates()
+    model = _glann(glo_epochs=2, lr_halving_epochs=1, fresh_optimizers=True)
+    _trainer(tmp_path, 4, limit_train_batches=3, callbacks=[rates]).fit(model, _digits())
+    # GLO: generator 1e-3 (Adam's default) and codes 1e-2, halved in its second epoch; IMLE's
+    # own count starts again at 1e-3. Every epoch begins with no Adam state.
+    assert rates.at == [([1e-3, 1e-2], False), ([5e-4, 5e-3], False), ([1e-3], False), ([5e-4], False)]
+    kept = _Rates()
+    seed_everything(0)
+    _trainer(tmp_path, 4, limit_train_batches=3, callbacks=[kept]).fit(_glann(glo_epochs=2), _digits())
+    assert kept.at == [([1e-3, 1e-2], False), ([1e-3, 1e-2], True), ([1e-3], False), ([1e-3], True)]
+
+
+def test_the_generator_sees_every_code_on_the_sphere_and_epoch_projection_waits_for_the_epoch(tmp_path):
+    torch.manual_seed(0)
+    model = _glann(num_codes=1797, codes_init_std=0.01, codes_projection="epoch", glo_epochs=1)
+    norms = model.codes.weight.norm(dim=1)
+    assert norms.max() < 0.1  # 16 entries of std 0.01: norms near 0.04
+    datamodule = _digits()
+    datamodule.setup("fit")
+    positions = torch.arange(8)
+    images, _ = datamodule.gather(positions)
+    z = model.codes(positions)
+    expected = laplacian_l1_loss(model.generator(z / z.norm(dim=1, keepdim=True)), images).mean()
+    torch.testing.assert_close(model.glo_step(images, positions)["loss"], expected)
+    norms_seen = []
+
+    class _Norms(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            norms_seen.append(pl_module.codes.weight.detach().norm(dim=1).min().item())
+
+    _trainer(tmp_path, 2, limit_train_batches=3, callbacks=[_Norms()]).fit(model, datamodule)
+    assert max(norms_seen[:3]) < 0.2  # unprojected inside the epoch
+    norms = model.codes.weight.detach().norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))  # projected at its end

@@ -50,6 +50,11 @@ def glann():
     return GLANN(DCGANGenerator(8, 1, 8, 8), CodeMapper(4, 8, 16), adam, adam, glo_epochs=1)
 
 
+def glann_fresh_optimizers():
+    return GLANN(DCGANGenerator(8, 1, 8, 8), CodeMapper(4, 8, 16), adam, adam, glo_epochs=1, lr_halving_epochs=1,
+                 fresh_optimizers=True)
+
+
 def indexed_digits():
     return Digits(image_size=8, batch_size=32, val_fraction=0.1, indices=True)
 
@@ -72,6 +77,8 @@ CASES = {
     "began": (began, digits, 30),  # k_t mid-run in the checkpoint
     "glann_glo": (glann, indexed_digits, 30),  # inside GLO's first epoch, then on into IMLE
     "glann_imle": (glann, indexed_digits, 60),  # inside the first IMLE epoch: its matching kept
+    # Resumed inside an epoch whose start cleared Adam's state: the state of the checkpoint holds.
+    "glann_fresh_optimizers": (glann_fresh_optimizers, indexed_digits, 60),
 }
 
 

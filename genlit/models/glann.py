@@ -16,6 +16,13 @@ from genlit.models.optimizers import build_optimizer
 Reconstruction = Literal["laplacian", "l1", "mse", "perceptual"]
 
 
+def on_sphere(z: Tensor) -> Tensor:
+    """``z`` projected onto the unit sphere, row by row: where GLO's codes live. The norm is a
+    constant to the gradient (as the official generator's input), so a code already on the
+    sphere gets the gradient it would get unprojected."""
+    return z / z.norm(dim=1, keepdim=True).detach().clamp_min(1e-12)
+
+
 class GLANN(GenerativeModel):
     """Generative Latent Nearest Neighbours (Hoshen, Li and Malik, CVPR 2019).
 
@@ -29,8 +36,11 @@ class GLANN(GenerativeModel):
        mapped vector; the epoch's steps then pull ``T(e)`` towards its code (squared error).
        The generator and the codes stay fixed.
 
-    Sampling is ``G(T(e))``, ``e ~ N(0, I)``; before IMLE has run, ``G`` of a Gaussian fitted to
-    the codes (what the GLO paper samples). The stage's budget is the trainer's: ``max_epochs``
+    Sampling is ``G(T(e) / ||T(e)||)``, ``e ~ N(0, I)``: the generator only ever saw codes on the
+    unit sphere, and ``T(e)`` regresses onto them with a shorter mean (IMLE averages its
+    targets), so every code that enters the generator is projected onto the sphere first, as
+    the official code does. Before IMLE has run, samples are ``G`` of a Gaussian fitted to the
+    codes (what the GLO paper samples), projected alike. The stage's budget is the trainer's: ``max_epochs``
     must exceed ``glo_epochs``. The codes need each image's position in the training set: set
     ``data.init_args.indices: true`` (genlit's image datamodules; a datamodule of your own
     gives ``(images, labels, positions)`` batches and an ``index_count``).
@@ -55,6 +65,20 @@ class GLANN(GenerativeModel):
             ``mse`` or ``perceptual`` (VGG16 features plus pixel L1).
         vgg_weights: The VGG16 state dict for ``perceptual``; None: torchvision's cache.
         imle_candidates: Mapped noise vectors per code drawn at each IMLE epoch (the paper's 2).
+        imle_loss: How IMLE's squared error ``||T(e_i) - z_i||^2`` is reduced: ``mean`` over the
+            batch and the code's entries (the official ``nn.MSELoss``), or ``sum`` over the
+            entries and mean over the batch.
+        lr_halving_epochs: Halve each stage's learning rates every this many epochs of that
+            stage (the official code: 20 for GLO, 50 for IMLE); None: constant rates.
+        fresh_optimizers: Clear the optimizers' state (Adam's moments) at the start of every
+            epoch, as the official code, which makes new optimizers each epoch; False: the
+            state carries over from epoch to epoch.
+        codes_init_std: None: the codes start on the unit sphere. A number: they start as
+            Gaussian draws of that standard deviation (the official 0.01), which the
+            generator sees projected; short codes take larger turns per Adam step (whose step
+            size does not scale with the code) until they are projected.
+        codes_projection: When the codes are put back on the sphere during GLO: after every
+            ``step``, or at the end of every ``epoch`` (the official code).
     """
 
     networks: ClassVar[tuple[str, ...]] = ("generator", "mapper")
@@ -71,6 +95,11 @@ class GLANN(GenerativeModel):
         reconstruction: Reconstruction = "laplacian",
         vgg_weights: str | None = None,
         imle_candidates: int = 2,
+        imle_loss: Literal["mean", "sum"] = "sum",
+        lr_halving_epochs: int | None = None,
+        fresh_optimizers: bool = False,
+        codes_init_std: float | None = None,
+        codes_projection: Literal["step", "epoch"] = "step",
     ) -> None:
         super().__init__()
         for name in ("latent_dim",):
@@ -91,6 +120,10 @@ class GLANN(GenerativeModel):
             raise ValueError(f"imle_candidates must be >= 1, got {imle_candidates}")
         if num_codes is not None and num_codes < 1:
             raise ValueError(f"num_codes must be >= 1, got {num_codes}")
+        if codes_init_std is not None and codes_init_std <= 0:
+            raise ValueError(f"codes_init_std must be > 0 or None, got {codes_init_std}")
+        if lr_halving_epochs is not None and lr_halving_epochs < 1:
+            raise ValueError(f"lr_halving_epochs must be >= 1 or None, got {lr_halving_epochs}")
         self.automatic_optimization = False
         self.ddp_find_unused_parameters = True  # each stage trains one network
         self.generator = generator
@@ -101,6 +134,11 @@ class GLANN(GenerativeModel):
         self.glo_epochs = glo_epochs
         self.reconstruction = reconstruction
         self.imle_candidates = imle_candidates
+        self.imle_loss = imle_loss
+        self.lr_halving_epochs = lr_halving_epochs
+        self.fresh_optimizers = fresh_optimizers
+        self.codes_init_std = codes_init_std
+        self.codes_projection = codes_projection
         self.codes: nn.Embedding | None = None
         if num_codes is not None:
             self._make_codes(num_codes)
@@ -115,6 +153,9 @@ class GLANN(GenerativeModel):
         # IMLE's noise comes from its own stream, seeded once from the global one: every DDP rank
         # draws the same candidates, and a resumed run the same as an uninterrupted one.
         self.register_buffer("imle_seed", torch.randint(2**62, ()))
+        # The epoch whose start last set the learning rates and cleared the optimizers' state: a
+        # run resumed mid-epoch keeps the state its checkpoint holds.
+        self.register_buffer("optimizer_epoch", torch.tensor(-1))
 
     # --- the interface -------------------------------------------------------------------
 
@@ -134,7 +175,8 @@ class GLANN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """Draws ``n`` images ``G(T(e))``; before the IMLE stage, ``G`` of the codes' Gaussian."""
+        """Draws ``n`` images ``G(T(e) / ||T(e)||)``; before the IMLE stage, ``G`` of the codes'
+        Gaussian, projected onto the sphere."""
         networks = (self.generator, self.mapper)
         modes = [net.training for net in networks]
         for net in networks:
@@ -146,26 +188,29 @@ class GLANN(GenerativeModel):
                 net.train(mode)
 
     def sample_codes(self, n: int) -> Tensor:
-        """``n`` new codes: ``T(e)`` once IMLE has run, else from a Gaussian fitted to the codes."""
+        """``n`` new codes on the unit sphere, shape (n, latent_dim): ``T(e)`` once IMLE has run,
+        else draws of a Gaussian fitted to the codes, each projected onto the sphere."""
         if self.mapper_trained or self.codes is None:
-            return self.mapper(torch.randn(n, self.noise_dim, device=self.device))
+            return on_sphere(self.mapper(torch.randn(n, self.noise_dim, device=self.device)))
         codes = self.codes.weight.detach().float()
         mean = codes.mean(0)
         cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], device=codes.device)
-        return torch.distributions.MultivariateNormal(mean, cov).sample((n,)).to(codes.dtype)
+        drawn = torch.distributions.MultivariateNormal(mean, cov).sample((n,))
+        return on_sphere(drawn).to(codes.dtype)
 
     @torch.no_grad()
     def decode_codes(self, positions: Tensor) -> Tensor:
         """``G(z_i)``, the GLO reconstruction of the training images at ``positions``. (GLANN has
         no encoder: it reconstructs only the images it learned a code for.)"""
-        return self.generator(self.codes(positions))
+        return self.generator(on_sphere(self.codes(positions)))
 
     # --- the codes -----------------------------------------------------------------------
 
     def _make_codes(self, n: int) -> None:
         self.codes = nn.Embedding(n, self.latent_dim)
-        nn.init.normal_(self.codes.weight)
-        self.project_codes()
+        nn.init.normal_(self.codes.weight, std=self.codes_init_std or 1.0)
+        if self.codes_init_std is None:
+            self.project_codes()
 
     @torch.no_grad()
     def project_codes(self) -> None:
@@ -262,7 +307,8 @@ class GLANN(GenerativeModel):
         if self.in_glo_stage():
             out = self.run_phase("loss", opt_glo, [self.generator, self.codes],
                                  lambda: self.glo_step(x, positions), "grad_norm_g")
-            self.project_codes()
+            if self.codes_projection == "step":
+                self.project_codes()
             stage = "glo"
         else:
             out = self.run_phase("imle_loss", opt_imle, self.mapper,
@@ -275,22 +321,44 @@ class GLANN(GenerativeModel):
                 self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, on_step=True, on_epoch=False)
 
     def glo_step(self, x: Tensor, positions: Tensor) -> dict[str, Tensor]:
-        """The GLO loss of one batch: ``distance(G(z_i), x_i)`` averaged."""
-        return {"loss": self.distance(self.generator(self.codes(positions)), x).mean()}
+        """The GLO loss of one batch: ``distance(G(z_i / ||z_i||), x_i)`` averaged."""
+        return {"loss": self.distance(self.generator(on_sphere(self.codes(positions))), x).mean()}
 
     def imle_step(self, positions: Tensor) -> dict[str, Tensor]:
         """The IMLE loss of one batch of codes: ``||T(e_i) - z_i||^2`` averaged over the batch,
         ``e_i`` the noise vector assigned to code ``i`` at the epoch's start."""
         target = self.codes(positions).detach()
         mapped = self.mapper(self.imle_noise.index_select(0, positions))
-        return {"loss": (mapped - target).pow(2).sum(1).mean()}
+        error = (mapped - target).pow(2)  # (B, latent_dim)
+        return {"loss": error.mean() if self.imle_loss == "mean" else error.sum(1).mean()}
 
     def on_train_epoch_start(self) -> None:
+        if int(self.optimizer_epoch) != self.current_epoch:
+            self.start_stage_epoch()
         if self.in_glo_stage() or int(self.imle_epoch) == self.current_epoch:
             return  # a run resumed mid-epoch keeps the assignment its checkpoint holds
         self.imle_noise, distance = self.assign_noise()
         self.imle_epoch.fill_(self.current_epoch)
         self.log("train/imle_nn_distance", distance, on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        if self.in_glo_stage() and self.codes_projection == "epoch":
+            self.project_codes()
+
+    def start_stage_epoch(self) -> None:
+        """Sets the current stage's learning rates for its epoch (halved every
+        ``lr_halving_epochs`` epochs of the stage) and, with ``fresh_optimizers``, clears the
+        stage optimizer's state."""
+        opt_glo, opt_imle = (opt.optimizer for opt in self.optimizers())
+        optimizer, stage_epoch = ((opt_glo, self.current_epoch) if self.in_glo_stage()
+                                  else (opt_imle, self.current_epoch - self.glo_epochs))
+        halvings = 0 if self.lr_halving_epochs is None else stage_epoch // self.lr_halving_epochs
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * 0.5**halvings
+        if self.fresh_optimizers:
+            optimizer.state.clear()
+        self.optimizer_epoch.fill_(self.current_epoch)
 
     @torch.no_grad()
     def assign_noise(self, chunk: int = 4096) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,7 @@
 """GLANN's code mapper and the optional VGG16 perceptual distance (Hoshen, Li and Malik, 2019).
 
-The mapper is the IMLE network of the paper's official code: a ReLU MLP from Gaussian noise to
-the GLO latent codes. The perceptual distance compares VGG16 features of two image batches; its
+The mapper is the IMLE network of the paper's official code (``_netT`` in yedidh/glann): a ReLU
+MLP with batch norm from Gaussian noise to the GLO latent codes. The perceptual distance compares VGG16 features of two image batches; its
 ImageNet weights cannot be downloaded at run time, so it loads them from a file.
 """
 
@@ -29,9 +29,13 @@ class CodeMapper(nn.Module):
         latent_dim: Size of the codes, the generator's ``latent_dim``.
         hidden_dim: Width of each hidden layer.
         num_layers: Number of hidden layers.
+        batch_norm: Batch norm after each hidden linear layer, whose bias it replaces, and no
+            bias in the output layer, as the official ``_netT``; False: a plain ReLU MLP with
+            biases.
     """
 
-    def __init__(self, noise_dim: int = 32, latent_dim: int = 64, hidden_dim: int = 128, num_layers: int = 2) -> None:
+    def __init__(self, noise_dim: int = 32, latent_dim: int = 64, hidden_dim: int = 128, num_layers: int = 2,
+                 batch_norm: bool = False) -> None:
         super().__init__()
         for name, value in {"noise_dim": noise_dim, "latent_dim": latent_dim, "hidden_dim": hidden_dim,
                             "num_layers": num_layers}.items():
@@ -39,12 +43,14 @@ class CodeMapper(nn.Module):
                 raise ValueError(f"CodeMapper: {name} must be >= 1, got {value}")
         self.noise_dim = noise_dim
         self.latent_dim = latent_dim
-        sizes = [noise_dim] + [hidden_dim] * num_layers + [latent_dim]
+        sizes = [noise_dim] + [hidden_dim] * num_layers
         layers: list[nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            layers.append(nn.Linear(fan_in, fan_out))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            layers.append(nn.Linear(fan_in, fan_out, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(fan_out))
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(hidden_dim, latent_dim, bias=not batch_norm))
         self.net = nn.Sequential(*layers)
 
     def forward(self, e: Tensor) -> Tensor:
