@@ -3,7 +3,8 @@
 Each (dataset, model) trains from its config in ``configs/DATASET/MODEL.yaml`` for
 ``--generator_steps`` generator (decoder) updates, times ``--budget``, in a separate
 ``genlit fit`` process with in-run validation and callbacks switched off (a critic takes its
-``n_critic`` updates per generator update on top). Its final weights are then measured with
+``n_critic`` updates per generator update on top; GLANN takes as many whole GLO epochs as fit
+in them, then ``IMLE_EPOCHS`` epochs of its small mapper). Its final weights are then measured with
 ``genlit evaluate``'s code: ``--num_samples`` samples against the test split (the training
 digits for ``digits``), with the dataset's own genlit feature network. The numbers compare the
 rows of one table; they are not Inception FIDs.
@@ -50,6 +51,8 @@ FEATURES = {
 }
 # Images in each dataset's training source (validation included), for GLANN's stage split.
 TRAIN_IMAGES = {"digits": 1797, "mnist": 60000, "fashion_mnist": 60000}
+# GLANN's IMLE epochs after its GLO epochs (see budget_arguments).
+IMLE_EPOCHS = 10
 # Replaces the configs' callbacks and validation: the table measures once, at the end.
 QUIET = {
     "trainer": {
@@ -66,13 +69,20 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
-def stage_arguments(dataset: str, model: str, steps: int) -> list[str]:
-    """GLANN's GLO stage takes the first half of the budget (in whole epochs), IMLE the rest."""
+def budget_arguments(dataset: str, model: str, steps: int) -> list[str]:
+    """The trainer budget of one run: ``steps`` generator updates.
+
+    GLANN's generator trains only in its GLO epochs, which take as many whole epochs as fit in
+    ``steps`` (at least one); its IMLE stage trains only the mapper, a small MLP whose epochs
+    cost a fraction of a GLO epoch, and takes ``IMLE_EPOCHS`` epochs after them, so that the
+    mapper converges instead of getting what GLO left of the steps.
+    """
     if model != "glann":
-        return []
+        return [f"--generator_steps={steps}", "--trainer.max_epochs=-1"]
     data = yaml.safe_load((REPO / "configs" / dataset / "glann.yaml").read_text())["data"]["init_args"]
     batches = int(TRAIN_IMAGES[dataset] * (1 - data.get("val_fraction", 0.0))) // data["batch_size"]
-    return [f"--model.init_args.glo_epochs={max(1, round(steps / 2 / batches))}"]
+    glo_epochs = max(1, steps // batches)
+    return [f"--model.init_args.glo_epochs={glo_epochs}", f"--trainer.max_epochs={glo_epochs + IMLE_EPOCHS}"]
 
 
 def train(dataset: str, model: str, steps: int, args: argparse.Namespace, quiet: Path) -> Path:
@@ -83,12 +93,10 @@ def train(dataset: str, model: str, steps: int, args: argparse.Namespace, quiet:
         sys.executable, "-m", "genlit", "fit",
         "--config", str(config),
         "--config", str(quiet),
-        f"--generator_steps={steps}",
-        "--trainer.max_epochs=-1",
+        *budget_arguments(dataset, model, steps),
         f"--seed_everything={args.seed}",
         f"--trainer.logger.init_args.save_dir={args.out}",
         f"--trainer.logger.init_args.version={version}",
-        *stage_arguments(dataset, model, steps),
     ]  # fmt: skip
     if args.device != "cpu":
         command.append(f"--trainer.accelerator={args.device}")
