@@ -302,3 +302,18 @@ def test_the_generator_sees_every_code_on_the_sphere_and_epoch_projection_waits_
     assert max(norms_seen[:3]) < 0.2  # unprojected inside the epoch
     norms = model.codes.weight.detach().norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms))  # projected at its end
+
+
+def test_the_fid_tables_budget_gives_glann_whole_glo_epochs_of_the_generator_steps_then_imle_epochs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fid_table.py"
+    spec = importlib.util.spec_from_file_location("fid_table", path)  # benchmarks/ is no package
+    fid_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fid_table)
+    # MNIST: 57,000 training images (val_fraction 0.05) in batches of 128 make 445 per epoch.
+    assert fid_table.budget_arguments("mnist", "glann", 1000) == [
+        "--model.init_args.glo_epochs=2", f"--trainer.max_epochs={2 + fid_table.IMLE_EPOCHS}"]
+    assert fid_table.budget_arguments("mnist", "glann", 100)[0] == "--model.init_args.glo_epochs=1"
+    assert fid_table.budget_arguments("mnist", "nsgan", 1000) == ["--generator_steps=1000", "--trainer.max_epochs=-1"]
