@@ -26,7 +26,7 @@ from genlit.errors import GenlitError
 from genlit.models import random_state
 from genlit.models.ae import AE
 from genlit.models.buffers import distributed
-from genlit.ot import FitReport, SemiDiscreteOT
+from genlit.ot import FitReport, GenerationStats, SemiDiscreteOT
 
 OT_KEY = "genlit_ot"
 """Where checkpoints keep the fitted map (codes, heights, settings): tensors and plain values."""
@@ -106,15 +106,23 @@ class AEOT(CarriesOTMap, AE):
         *args: ``encoder, decoder, optimizer`` in this order (see :class:`AE`).
         ot_codes: Training codes the map is fitted to (the first ones the training loader
             gives); the solver's cost grows as codes x Monte Carlo points.
-        ot_tolerance: Total variation between cell measures and code masses to stop at.
+        ot_tolerance: Total variation between cell measures and code masses to stop at, measured
+            on points the fit never used (their sampling noise taken out).
         ot_max_seconds: Time limit of the OT fit (it then keeps the heights it reached and
             says so).
-        ot_points_per_cell: Monte Carlo points per code at the start of the fit.
+        ot_points_per_cell: Monte Carlo points per code at the start of the fit (``null``: the
+            method's default, 8 for newton).
+        ot_method: The OT solver: ``newton`` (damped Newton, the default) or ``adam`` (pyOMT's
+            method, for comparison).
         k: Cells the generation map examines per noise point (its own and ``k - 1`` others).
-        angle_threshold: Largest angle (radians) between the potential's facets that the map
-            interpolates across (pyOMT: 0.7 for CelebA codes).
-        weight: Interpolation weight ``w`` of a new code ``(1 - w) y_i + w y_j``; ``null``
-            draws it uniformly.
+        angle_threshold: pyOMT's fixed test: the largest angle (radians) between the
+            potential's facets that the map interpolates across (0.7 for its CelebA codes);
+            ``null`` (the default): the calibrated, scale-free test (a facet is singular when its
+            other code is farther than the ``singular_neighbours``-th nearest code).
+        weight: Interpolation weight ``w`` of a new code ``(1 - w) y_i + w y_j``; ``null`` (the
+            default) draws it uniformly, so every sample is a new code; pyOMT's 0.75 gives at
+            most ``N (k - 1)`` distinct codes.
+        singular_neighbours: The calibrated test's neighbour rank.
         sampler: ``ot`` (the map) or ``gaussian`` (the ex-post Gaussian of the same AE).
         fit_ot_on_train_end: Fit the map when the fit completes; ``false`` keeps a loaded one.
         autoencoder_checkpoint: Start from the encoder and decoder of this trained AE (or
@@ -128,12 +136,14 @@ class AEOT(CarriesOTMap, AE):
         self,
         *args: Any,
         ot_codes: int = 10_000,
-        ot_tolerance: float = 0.01,
+        ot_tolerance: float = 0.02,
         ot_max_seconds: float = 600.0,
-        ot_points_per_cell: float = 20.0,
+        ot_points_per_cell: float | None = None,
+        ot_method: Literal["newton", "adam"] = "newton",
         k: int = 20,
-        angle_threshold: float = 0.7,
-        weight: float | None = 0.75,
+        angle_threshold: float | None = None,
+        weight: float | None = None,
+        singular_neighbours: int = 10,
         sampler: Literal["ot", "gaussian"] = "ot",
         fit_ot_on_train_end: bool = True,
         autoencoder_checkpoint: str | None = None,
@@ -143,19 +153,22 @@ class AEOT(CarriesOTMap, AE):
         super().__init__(*args, **kwargs)
         if ot_codes < 2:
             raise ValueError(f"ot_codes must be >= 2 (the OT target needs two codes or more), got {ot_codes}")
-        if ot_tolerance <= 0 or ot_max_seconds <= 0 or ot_points_per_cell <= 0:
+        if ot_tolerance <= 0 or ot_max_seconds <= 0 or (ot_points_per_cell is not None and ot_points_per_cell <= 0):
             raise ValueError("ot_tolerance, ot_max_seconds and ot_points_per_cell must be > 0")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not 0 < angle_threshold < math.pi:
-            raise ValueError(f"angle_threshold must lie in (0, pi) radians, got {angle_threshold}")
+        if ot_method not in ("newton", "adam"):
+            raise ValueError(f"unknown ot_method {ot_method!r}: choose 'newton' or 'adam'")
+        if k < 1 or singular_neighbours < 1:
+            raise ValueError(f"k and singular_neighbours must be >= 1, got {k} and {singular_neighbours}")
+        if angle_threshold is not None and not 0 < angle_threshold < math.pi:
+            raise ValueError(f"angle_threshold must lie in (0, pi) radians (or be null), got {angle_threshold}")
         if weight is not None and not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight must lie in [0, 1] (or be null), got {weight}")
         if sampler not in ("ot", "gaussian"):
             raise ValueError(f"unknown sampler {sampler!r}: choose 'ot' or 'gaussian'")
         self.ot_codes, self.ot_tolerance, self.ot_max_seconds = ot_codes, ot_tolerance, ot_max_seconds
-        self.ot_points_per_cell = ot_points_per_cell
+        self.ot_points_per_cell, self.ot_method = ot_points_per_cell, ot_method
         self.k, self.angle_threshold, self.weight = k, angle_threshold, weight
+        self.singular_neighbours = singular_neighbours
         self.sampler = sampler
         self.fit_ot_on_train_end = fit_ot_on_train_end
         self.autoencoder_checkpoint = autoencoder_checkpoint
@@ -313,6 +326,7 @@ class AEOT(CarriesOTMap, AE):
         try:
             return ot.fit(
                 tolerance=self.ot_tolerance,
+                method=self.ot_method,
                 max_seconds=self.ot_max_seconds,
                 points_per_cell=self.ot_points_per_cell,
                 progress=progress,
@@ -325,16 +339,27 @@ class AEOT(CarriesOTMap, AE):
         from genlit.callbacks import progress
 
         trainer = self.attached_trainer
-        stop = "reached the tolerance" if report.converged else f"stopped at the {self.ot_max_seconds:.0f} s limit"
+        if report.converged:
+            stop = "converged on held-out points"
+        elif report.seconds >= self.ot_max_seconds:
+            stop = f"stopped at the {self.ot_max_seconds:.0f} s limit, not converged"
+        else:
+            stop = "stopped at its point or iteration limit, not converged"
+        stats = self.generation_stats()
         line = (
-            f"OT map: {n:,} codes, {report.iterations} iterations in {report.seconds:.1f} s, {stop}: "
-            f"total variation {report.total_variation:.4f} (held out {report.held_out_tv:.4f}, "
-            f"largest cell error {report.held_out_error:.2f} of its mass)"
+            f"OT map: {n:,} codes, {report.iterations} iterations in {report.seconds:.1f} s ({report.method}), "
+            f"{stop}: total variation {report.held_out_tv:.4f} held out (measured {report.held_out_raw_tv:.4f} "
+            f"on {report.held_out_points:,} new points, their noise "
+            f"{report.held_out_noise:.4f}), {report.total_variation:.4f} on its {report.monte_carlo_points:,} "
+            f"fitting points; singular facets: {stats.rejected_share:.1%} of samples next to one, "
+            f"{stats.kept_share:.1%} kept a training code"
         )
         metrics = {
             "ot/codes": float(n), "ot/iterations": float(report.iterations), "ot/seconds": report.seconds,
             "ot/total_variation": report.total_variation, "ot/held_out_tv": report.held_out_tv,
+            "ot/held_out_raw_tv": report.held_out_raw_tv, "ot/held_out_noise": report.held_out_noise,
             "ot/held_out_error": report.held_out_error, "ot/converged": float(report.converged),
+            "ot/rejected_share": stats.rejected_share, "ot/kept_share": stats.kept_share,
         }
         if trainer is None:
             print(line, file=sys.stderr)
@@ -347,10 +372,19 @@ class AEOT(CarriesOTMap, AE):
                 except Exception as err:  # noqa: BLE001 - a tracker never ends a run
                     warnings.warn(f"could not log the OT fit to {type(logger).__name__}: {err}", stacklevel=2)
 
+    def generation_stats(self, n: int = 10_000) -> GenerationStats:
+        """How the map's generation treats singular facets, on ``n`` samples of its own seed
+        (the training random streams are untouched)."""
+        assert self.ot is not None
+        self.ot.generate(n, self.k, self.angle_threshold, self.weight, generator=torch.Generator().manual_seed(0),
+                         singular_neighbours=self.singular_neighbours)
+        return self.ot.last_generation
+
     def prior_codes(self, n: int) -> Tensor:
         """Codes from the OT map (the ex-post Gaussian before it is fitted, or with ``sampler: gaussian``)."""
         if self.ot is None or self.sampler == "gaussian":
             return super().prior_codes(n)
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), device=self.device).item()))
-        codes = self.ot.generate(n, self.k, self.angle_threshold, self.weight, generator=generator)
+        codes = self.ot.generate(n, self.k, self.angle_threshold, self.weight, generator=generator,
+                                 singular_neighbours=self.singular_neighbours)
         return codes.to(self.device, self.latent_mean.dtype)

@@ -76,8 +76,10 @@ class AEOTGAN(CarriesOTMap, AdversarialModel):
         feature_weight: Weight of the feature-matching loss (0: none; needs a discriminator
             with hidden features).
         k: Cells the OT map examines per noise point.
-        angle_threshold: The map's largest facet angle to interpolate across (radians).
-        weight: Interpolation weight of new codes (``null``: uniform).
+        angle_threshold: pyOMT's fixed facet-angle test (radians); ``null`` (the default): the
+            calibrated test of :meth:`genlit.ot.SemiDiscreteOT.generate`.
+        weight: Interpolation weight of new codes (``null``, the default: uniform per code).
+        singular_neighbours: The calibrated test's neighbour rank.
         **kwargs: The other arguments of :class:`AdversarialModel` (``ema_decay``, ...).
     """
 
@@ -97,8 +99,9 @@ class AEOTGAN(CarriesOTMap, AdversarialModel):
         content_weight: float = 10.0,
         feature_weight: float = 1.0,
         k: int = 20,
-        angle_threshold: float = 0.7,
-        weight: float | None = 0.75,
+        angle_threshold: float | None = None,
+        weight: float | None = None,
+        singular_neighbours: int = 10,
         **kwargs: Any,
     ) -> None:
         super().__init__(generator, discriminator, generator_optimizer, discriminator_optimizer, **kwargs)
@@ -128,6 +131,7 @@ class AEOTGAN(CarriesOTMap, AdversarialModel):
         self.adversarial_weight, self.content_weight = adversarial_weight, content_weight
         self.feature_weight = feature_weight
         self.k, self.angle_threshold, self.weight = k, angle_threshold, weight
+        self.singular_neighbours = singular_neighbours
         self.ot: SemiDiscreteOT | None = None
         self._real: Tensor | None = None
 
@@ -197,7 +201,8 @@ class AEOTGAN(CarriesOTMap, AdversarialModel):
         if self.ot is None:
             raise GenlitError("AEOTGAN has no OT map yet: it comes with autoencoder_checkpoint or a checkpoint")
         seed = int(torch.randint(0, 2**62, (1,), device=self.device).item())
-        codes = self.ot.generate(n, self.k, self.angle_threshold, self.weight, generator=torch.Generator().manual_seed(seed))
+        codes = self.ot.generate(n, self.k, self.angle_threshold, self.weight, generator=torch.Generator().manual_seed(seed),
+                                 singular_neighbours=self.singular_neighbours)
         return codes.to(self.device, torch.float32)
 
     def encode(self, x: Tensor) -> Tensor:
