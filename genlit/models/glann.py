@@ -30,7 +30,8 @@ class GLANN(GenerativeModel):
 
     1. **GLO** (Bojanowski et al., 2018), for the first ``glo_epochs`` epochs: the generator and
        one learnable code per training image (on the unit sphere, re-projected after every
-       update) minimise the reconstruction distance between ``G(z_i)`` and image ``x_i``.
+       update, or every epoch) minimise the reconstruction distance between ``G(z_i / ||z_i||)``
+       and image ``x_i``.
     2. **IMLE** (Li and Malik, 2018), every later epoch: at the epoch's start ``2 N`` Gaussian
        noise vectors are mapped by the mapper ``T`` and each of the ``N`` codes takes its nearest
        mapped vector; the epoch's steps then pull ``T(e)`` towards its code (squared error).
@@ -40,8 +41,9 @@ class GLANN(GenerativeModel):
     unit sphere, and ``T(e)`` regresses onto them with a shorter mean (IMLE averages its
     targets), so every code that enters the generator is projected onto the sphere first, as
     the official code does. Before IMLE has run, samples are ``G`` of a Gaussian fitted to the
-    codes (what the GLO paper samples), projected alike. The stage's budget is the trainer's: ``max_epochs``
-    must exceed ``glo_epochs``. The codes need each image's position in the training set: set
+    codes (what the GLO paper samples), projected alike. The stage's budget is the trainer's:
+    ``max_epochs`` must exceed ``glo_epochs``; IMLE epochs train only the small mapper, so give
+    it several (the FID table gives 10 after the GLO epochs). The codes need each image's position in the training set: set
     ``data.init_args.indices: true`` (genlit's image datamodules; a datamodule of your own
     gives ``(images, labels, positions)`` batches and an ``index_count``).
 
@@ -49,7 +51,10 @@ class GLANN(GenerativeModel):
     download; ``reconstruction: laplacian`` (the default) is the GLO paper's weight-free
     Laplacian-pyramid L1, and ``perceptual`` loads VGG16 from ``vgg_weights`` (or torchvision's
     cache) and fails in one line where the file is missing. Defaults follow the official code:
-    Adam(1e-3, betas 0.5/0.999) for the generator and 10x the rate for the codes.
+    Adam(1e-3, betas 0.5/0.999) for the generator and 10x the rate for the codes. The official
+    code's other choices (mapper batch norm, mean IMLE loss, halved rates, fresh optimizers
+    each epoch, small initial codes projected once per epoch) are options, off by default: none
+    measured better on the digits or MNIST (the README's GLANN section).
 
     Args:
         generator: Maps ``(B, latent_dim)`` codes to images in [-1, 1]; exposes ``latent_dim``.
