@@ -789,7 +789,8 @@ class SemiDiscreteOT:
         radius = torch.empty(n, dtype=self.points.dtype, device=self.device)
         rows = max(1, 4_000_000 // n)
         for start in range(0, n, rows):
-            block = torch.cdist(self.points[start:start + rows], self.points)  # (rows, N)
+            block = torch.cdist(self.points[start:start + rows], self.points,  # (rows, N)
+                                compute_mode="donot_use_mm_for_euclid_dist")
             block[torch.arange(len(block)), torch.arange(start, start + len(block))] = math.inf
             radius[start:start + rows] = block.topk(m, dim=1, largest=False).values[:, -1]
         self._radius = (m, radius)
@@ -854,7 +855,9 @@ class SemiDiscreteOT:
             if radius is None:
                 ok = self.facet_angles(i, top) <= angle_threshold
             else:
-                ok = (self.points[i] - self.points[top]).norm(dim=-1) <= radius[i]
+                # The m-th neighbour itself is often a candidate: a relative slack keeps it in
+                # whatever the rounding.
+                ok = (self.points[i] - self.points[top]).norm(dim=-1) <= radius[i] * (1 + 1e-5)
             ok[:, 0] = False
             if k > 1:
                 nearest_singular += int((~ok[:, 1]).sum())

@@ -80,8 +80,8 @@ def test_the_map_travels_in_the_checkpoint_and_draws_the_same_samples(tmp_path):
 
 def test_identity_embedding_on_toy_data_trains_nothing_and_covers_the_modes(tmp_path):
     torch.manual_seed(0)
-    model = AEOT(IdentityEmbedding(2), IdentityEmbedding(2), ot_codes=500, ot_tolerance=0.05,
-                 angle_threshold=0.1)
+    # No threshold set by hand: the calibrated singular-facet test.
+    model = AEOT(IdentityEmbedding(2), IdentityEmbedding(2), ot_codes=500, ot_tolerance=0.05)
     data = GaussianGrid(spacing=0.70711, std=0.017678, batch_size=250, samples_per_epoch=500, seed=0)
     _trainer(tmp_path, batches=2).fit(model, data)
     samples = model.sample(2000)
@@ -90,7 +90,10 @@ def test_identity_embedding_on_toy_data_trains_nothing_and_covers_the_modes(tmp_
     assert len(nearest.indices.unique()) == 25
     # Between-mode samples (further than 3 std from every centre) are rare: the map never
     # interpolates across the gaps between the Gaussians.
-    assert float((nearest.values > 3 * 0.017678).float().mean()) < 0.02
+    assert float((nearest.values > 3 * 0.017678).float().mean()) < 0.01
+    # The share of samples next to a singular facet, logged as ot/rejected_share: the cells
+    # along the 40 borders between the 25 modes' regions of the box (about 1.4% here).
+    assert 0.0 < model.generation_stats().rejected_share < 0.2
 
 
 def test_fitting_the_map_to_an_untrained_autoencoder_is_refused(tmp_path):

@@ -138,3 +138,93 @@ def test_the_candidate_cells_give_exactly_the_full_pass_cells():
     cache = _Candidates(ot, x, ot.heights, k=4, refresh_share=0.0)
     h = ot.heights + 1e-2 * torch.randn(300, dtype=F64)
     assert torch.equal(cache.cells(h), ot.cells(x, h)) and cache.refreshes == 2
+
+
+def _clusters(n: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """10 well-separated Gaussian clusters in 8-d: centres ~ N(0, 16 I), unit spread."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(10, 8, generator=g) * 4
+    labels = torch.arange(n) % 10
+    return centers[labels] + torch.randn(n, 8, generator=g), labels
+
+
+def test_the_calibrated_test_never_interpolates_between_separated_clusters():
+    # Facets between two clusters are singular, facets inside one are not. The fixed 0.7 rad
+    # angle on codes scaled into the box (the old default) made 7.6% of these samples between
+    # two clusters; the calibrated test, under 1%, while most samples stay new codes made
+    # inside a cluster.
+    codes, labels = _clusters()
+    ot = SemiDiscreteOT(codes)
+    ot.fit(tolerance=0.05)
+    _, own, other = ot.generate(10_000, generator=torch.Generator().manual_seed(0), return_cells=True)
+    moved = own != other
+    between = float((moved & (labels[own] != labels[other])).float().mean())
+    within = float((moved & (labels[own] == labels[other])).float().mean())
+    assert between < 0.01, between
+    assert within > 0.5, within
+    # pyOMT's fixed test stays available, on the codes in their own coordinates.
+    ot.generate(1000, angle_threshold=0.7, generator=torch.Generator().manual_seed(0))
+    assert 0.0 <= ot.last_generation.rejected_share <= 1.0
+
+
+def test_the_calibrated_test_is_scale_free():
+    # The same codes in other units and at another place: the same decisions (the fixed angle
+    # test's decisions change with both).
+    codes, _ = _clusters(500)
+    codes = codes.to(F64)
+    small, large = SemiDiscreteOT(codes * 1e-3), SemiDiscreteOT(codes * 1e3 + 50.0)
+    a = small.generate(2000, generator=torch.Generator().manual_seed(1), return_cells=True)
+    b = large.generate(2000, generator=torch.Generator().manual_seed(1), return_cells=True)
+    assert float((a[1] == b[1]).double().mean()) > 0.999
+    assert float((a[2] == b[2]).double().mean()) > 0.999
+    c = small.generate(2000, angle_threshold=0.05, generator=torch.Generator().manual_seed(1), return_cells=True)
+    d = large.generate(2000, angle_threshold=0.05, generator=torch.Generator().manual_seed(1), return_cells=True)
+    assert not torch.equal(c[2], d[2])
+
+
+def test_every_sample_is_a_new_code_by_default():
+    # A fixed weight w = 0.75 allows at most N (k - 1) distinct samples (with N = 500 and
+    # 10,000 samples, about a fifth were repeats); a random weight makes every sample new.
+    torch.manual_seed(5)
+    ot = SemiDiscreteOT(torch.randn(500, 4))
+    ot.fit(tolerance=0.05)
+    samples = ot.generate(10_000, generator=torch.Generator().manual_seed(0))
+    assert len(torch.unique(samples, dim=0)) == 10_000
+    fixed = ot.generate(10_000, weight=0.75, generator=torch.Generator().manual_seed(0))
+    assert len(torch.unique(fixed, dim=0)) < 10_000
+
+
+@pytest.mark.parametrize("method", ["newton", "adam"])
+def test_converged_means_converged_on_points_the_fit_never_used(method):
+    # The old rule stopped on the fitting points' own total variation (0.0098 there, 0.041 on
+    # new points for N = 2,000, d = 16). A fit that says converged must hold on a large
+    # independent sample: its noise-corrected total variation within the tolerance.
+    torch.manual_seed(6)
+    ot = SemiDiscreteOT(torch.randn(300, 6))
+    report = ot.fit(tolerance=0.04, method=method, max_seconds=120)
+    assert report.converged, report.checks
+    assert report.held_out_tv <= 0.04 and report.held_out_points > 0
+    check = ot.check(points=2_000_000, seed_offset=12345)
+    assert check.estimate <= 0.04 * 1.25, check
+    assert check.noise < 0.01  # the check itself resolves the tolerance
+
+
+def test_the_noise_corrected_total_variation_recovers_a_known_error():
+    # Cells whose true measures miss the masses by a known total variation, counted with m
+    # random points: the raw count's TV is inflated by sampling noise; sqrt(raw^2 - noise^2)
+    # gives back the true one.
+    from genlit.ot import _measure
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    masses = torch.full((n,), 1.0 / n, dtype=F64)
+    error = torch.randn(n, generator=g, dtype=F64)
+    error -= error.mean()
+    true = 0.02
+    p = masses + error * (2 * true / float(error.abs().sum()))  # TV(p, masses) = 0.02
+    for m in (200_000, 800_000):
+        counts = torch.distributions.Multinomial(m, p).sample().to(F64)
+        check = _measure(counts / m - masses, masses, m)
+        assert check.raw > 1.5 * true  # the noise dominates the raw figure
+        assert abs(check.estimate - true) < 0.15 * true, (m, check)
