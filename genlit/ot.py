@@ -796,6 +796,21 @@ class SemiDiscreteOT:
         self._radius = (m, radius)
         return radius
 
+    def facet_ratio(self, i: Tensor, j: Tensor, singular_neighbours: int = 10) -> Tensor:
+        """``|y_i - y_j|`` over ``y_i``'s distance to its ``singular_neighbours``-th nearest code:
+        the calibrated test calls the facet between cells ``i`` and ``j`` singular above 1."""
+        radius = self.neighbour_radius(singular_neighbours)
+        return (self.points[i] - self.points[j]).norm(dim=-1) / radius[i].clamp_min(1e-30)
+
+    def singular(self, i: Tensor, j: Tensor, angle_threshold: float | None = None,
+                 singular_neighbours: int = 10) -> Tensor:
+        """Whether the facet between cells ``i`` and ``j`` is singular (see :meth:`generate`)."""
+        if angle_threshold is not None:
+            return self.facet_angles(i, j) > angle_threshold
+        # The m-th neighbour itself is often a candidate: a relative slack keeps it regular
+        # whatever the rounding.
+        return self.facet_ratio(i, j, singular_neighbours) > 1 + 1e-5
+
     def generate(
         self,
         n: int,
@@ -846,18 +861,12 @@ class SemiDiscreteOT:
         x = (x - 0.5).to(self.device, self.points.dtype)
         own = torch.empty(n, dtype=torch.long, device=self.device)
         other = torch.empty(n, dtype=torch.long, device=self.device)
-        radius = self.neighbour_radius(singular_neighbours) if angle_threshold is None else None
         nearest_singular = 0
         chunk = self.score_chunk
         for start in range(0, n, chunk):
             top = self.scores(x[start:start + chunk]).topk(k, dim=1).indices  # (b, k)
             i = top[:, :1].expand_as(top)
-            if radius is None:
-                ok = self.facet_angles(i, top) <= angle_threshold
-            else:
-                # The m-th neighbour itself is often a candidate: a relative slack keeps it in
-                # whatever the rounding.
-                ok = (self.points[i] - self.points[top]).norm(dim=-1) <= radius[i] * (1 + 1e-5)
+            ok = ~self.singular(i, top, angle_threshold, singular_neighbours)
             ok[:, 0] = False
             if k > 1:
                 nearest_singular += int((~ok[:, 1]).sum())
