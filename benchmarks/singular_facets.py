@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--codes", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--max-seconds", type=float, default=180.0)
     args = parser.parse_args()
     g = torch.Generator().manual_seed(args.seed)
     centers = torch.randn(10, 8, generator=g) * 4
@@ -36,7 +38,7 @@ def main() -> None:
     codes = centers[labels] + torch.randn(args.codes, 8, generator=g)
     ot = SemiDiscreteOT(codes, seed=args.seed)
     started = time.perf_counter()
-    report = ot.fit()
+    report = ot.fit(tolerance=args.tolerance, max_seconds=args.max_seconds)
     print(f"{args.codes:,} codes in 10 clusters, 8-d: OT fit {time.perf_counter() - started:.0f} s, held-out "
           f"total variation {report.held_out_tv:.4f} ({'converged' if report.converged else 'not converged'})\n")
     print("| test | between two clusters | new code inside a cluster | code unchanged | next to a singular facet |")
