@@ -407,7 +407,7 @@ def _newton(run: _Run, first: int, max_iterations: int) -> Tensor:
         # The fitting points' own noise bounds what fitting them better can give.
         done = tv <= 0.25 * noise_tv(ot.masses, run.total) or stalled
         if done or (adam.stalled(grad) if adam is not None else stage_iterations >= 25):
-            if run.total >= run.max_points:
+            if run.total >= run.max_points or run.out_of_time():
                 break
             run.grow(h)
             if run.converged:
