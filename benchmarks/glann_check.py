@@ -14,21 +14,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from glann_recipe import Reconstructions  # benchmarks/ is on the path of a script run from it
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = {"digits": ("digits", "train"), "mnist": ("mnist", "test"), "fashion_mnist": ("fashion_mnist", "test")}
-
-
-class Reconstructions(torch.nn.Module):
-    """Samples ``G(z_i)`` of random codes among ``positions``."""
-
-    def __init__(self, model, positions: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.positions = model, positions
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        return self.model.decode_codes(self.positions[torch.randint(len(self.positions), (n,))])
 
 
 def main() -> None:
