@@ -13,20 +13,18 @@ Where the target's support has gaps, the map is discontinuous across the facets 
 whose points lie far apart (Figalli's regularity theory), which is what a continuous generator
 cannot represent (Lei et al. 2019, An et al. 2020).
 
-The cell measures are estimated by Monte Carlo with Sobol points, ``chunk`` source points
-against all targets at a time (memory ``N x chunk`` scores); ``h`` follows Adam on the
-estimated gradient, is kept centred, and the number of Monte Carlo points doubles whenever the
-gradient norm has not improved for ``patience`` iterations (pyOMT's rule, with its 30). Between
-full passes each point is scored against its best few cells only, with a bound that keeps the
-measures exact (:class:`_Candidates`). The fit stops when the total variation between the cell
-measures and the masses on the current points is at most ``tolerance``; the report gives it,
-and the largest relative cell error, on independent points too.
+The cell measures are estimated by Monte Carlo (Sobol points, then uniform random blocks),
+each point scored against its best few cells only, with a bound that keeps the measures exact
+(:class:`_Candidates`). :meth:`SemiDiscreteOT.fit` takes damped Newton steps (Kitagawa, Merigot
+and Thibert 2019) with the Hessian estimated from the same points, or pyOMT's Adam steps
+(``method: adam``), and stops only when points it was never fitted on measure a total variation
+within ``tolerance``, their sampling noise taken out (:func:`noise_tv`).
 
 :class:`SemiDiscreteOT` is pure torch (no Lightning) and runs on the device its points are on.
 Its generation map (:meth:`SemiDiscreteOT.generate`) is AE-OT's: a source point's own cell and
-its ``k`` best neighbouring cells; across a facet whose normals ``(y_i, -1)`` and ``(y_j, -1)``
-meet at an angle below ``angle_threshold`` the support is taken to be connected and a new point
-between ``y_i`` and ``y_j`` is made; across a larger angle (a singular facet) it never
+its ``k`` best neighbouring cells; across a regular facet a new point between ``y_i`` and
+``y_j`` is made, across a singular one (:meth:`SemiDiscreteOT.singular`: by default ``y_j``
+farther from ``y_i`` than ``y_i``'s 10th nearest point, or pyOMT's fixed facet angle) it never
 interpolates.
 """
 
@@ -55,7 +53,7 @@ class FitReport:
     """A check on points the fit never used estimated the total variation within the tolerance."""
     seconds: float
     monte_carlo_points: int
-    """Points per iteration at the end (doubled on each stall)."""
+    """Fitting points at the end (newton: all blocks; adam: the last stage's Sobol points)."""
     held_out_error: float
     """``max_i |mu(W_i) - nu_i| / nu_i`` measured on independent points (their noise included)."""
     held_out_tv: float
