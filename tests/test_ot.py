@@ -201,7 +201,7 @@ def test_converged_means_converged_on_points_the_fit_never_used(method):
     # independent sample: its noise-corrected total variation within the tolerance.
     torch.manual_seed(6)
     ot = SemiDiscreteOT(torch.randn(300, 6))
-    report = ot.fit(tolerance=0.04, method=method, max_seconds=120)
+    report = ot.fit(tolerance=0.04, method=method)  # no time limit: bounded by its iterations
     assert report.converged, report.checks
     assert report.held_out_tv <= 0.04 and report.held_out_points > 0
     check = ot.check(points=2_000_000, seed_offset=12345)
