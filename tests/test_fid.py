@@ -408,8 +408,11 @@ def test_genlit_evaluate_repeats_the_callbacks_value_from_its_cache_and_reads_fo
     )
     summary = capsys.readouterr().out
     logged = summary.split("val/fid ")[1].split()[0]
-    cache_files = list((tmp_path / "cache" / "fid").glob("*.pt"))
-    assert len(cache_files) == 1
+    # the FID's train split, and the copying figures' held-out split (Digits tests on val)
+    found = sorted((tmp_path / "cache" / "fid").glob("*.pt"))
+    assert [p.name.split("-")[1] for p in found] == ["test", "train"]
+    assert "val/c_t " in summary and "val/nn_ratio " in summary  # at the final evaluation, by default
+    cache_files = [p for p in found if "-train-" in p.name]
 
     ckpt = next(tmp_path.rglob("last.ckpt"))
     main(["evaluate", "--ckpt", str(ckpt), "--config", str(config)])
@@ -417,7 +420,7 @@ def test_genlit_evaluate_repeats_the_callbacks_value_from_its_cache_and_reads_fo
     assert report.startswith(f"genlit: FID {logged}, KID ")  # same weights, same seeded noise
     assert "1617 from" in report and "Digits train split, 1617 images of 1x16x16" in report
     assert "digits (genlit" in report and str(cache_files[0]) in report
-    assert list((tmp_path / "cache" / "fid").glob("*.pt")) == cache_files  # the run's statistics
+    assert sorted((tmp_path / "cache" / "fid").glob("*.pt")) == found  # the run's statistics
 
     main(
         [

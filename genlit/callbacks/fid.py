@@ -83,6 +83,19 @@ class FID(StagedEvaluation):
             Score of the same samples (Salimans et al. 2016). Needs the Inception weights
             (``weights_path`` offline, with ``features: inception``; else the torch hub
             folder); refused in one line at setup when they cannot be had.
+        copying: When to also log the data-copying figures of the same samples in the same
+            features (:mod:`genlit.metrics.copying`): ``val/c_t`` (Meehan et al.'s C_T: well
+            below 0 copying, near 0 generalising, above 0 underfitting), ``val/nn_ratio`` (median
+            distance of a sample to its nearest training image over the held-out images'),
+            ``val/closer_share``, ``val/memorization`` and ``val/mifid`` (Bai et al.), and
+            ``val/member_share`` for models that hold state per training image. ``final``
+            (default): at the final evaluation of a fit, and at every ``validate`` and ``test``;
+            ``every``: at every evaluation; ``off``: never. The training split's features are
+            computed once and cached like the reference; the held-out images are the FID's
+            split (the test split when the FID's split is ``train``). Where they cannot be
+            had (no held-out split, too few images), one warning says why and the FID is
+            logged without them.
+        copying_cells: C_T's k-means cells; ``None``: about 200 samples per cell, at most 50.
     """
 
     def __init__(
@@ -102,6 +115,8 @@ class FID(StagedEvaluation):
         precision_recall: bool = False,
         nearest_k: int = 5,
         inception_score: bool = False,
+        copying: Literal["final", "every", "off"] = "final",
+        copying_cells: int | None = None,
     ) -> None:
         if nearest_k < 1:
             raise ValueError(f"FID needs nearest_k >= 1, got {nearest_k}")
@@ -111,6 +126,15 @@ class FID(StagedEvaluation):
             raise ValueError(f"FID needs batch_size >= 1, got {batch_size}")
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
+        if copying not in ("final", "every", "off"):
+            raise ValueError(f"copying must be final, every or off, got {copying!r}")
+        if copying_cells is not None and copying_cells < 1:
+            raise ValueError(f"copying_cells must be >= 1 or null, got {copying_cells}")
+        if copying_cells is not None and num_samples is not None and num_samples < copying_cells:
+            raise ValueError(
+                f"FID: num_samples={num_samples} cannot fill copying_cells={copying_cells} "
+                "k-means cells: raise num_samples or lower copying_cells"
+            )
         self.features = features
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
@@ -126,6 +150,9 @@ class FID(StagedEvaluation):
         self.precision_recall = precision_recall
         self.nearest_k = nearest_k
         self.inception_score = inception_score
+        self.copying = copying
+        self.copying_cells = copying_cells
+        self._copying_state: Literal["unset", "ready", "failed"] = "unset"
         self.scorer: InceptionScoreSide | None = None
         self.distances: FeatureDistances | None = None
         self.last: dict[str, float] = {}
@@ -179,6 +206,7 @@ class FID(StagedEvaluation):
         distances = FeatureDistances(
             network, shape, self.kid, self.kid_subsets, self.kid_subset_size, self.seed,
             precision_recall=self.precision_recall, nearest_k=self.nearest_k,
+            copying=self.copying != "off", copying_cells=self.copying_cells,
         ).to(device)  # fmt: skip
         # Rank 0 computes a missing cache file first; the others then read it.
         if trainer.is_global_zero:
@@ -189,6 +217,45 @@ class FID(StagedEvaluation):
         distances.set_reference(stats, hold=trainer.is_global_zero)
         self.distances = distances
         return distances
+
+    def _is_final(self, trainer: Trainer) -> bool:
+        """Whether this evaluation is a fit's final one (or one outside fit)."""
+        from genlit.callbacks.schedule import epoch_budget_spent, step_budget_spent
+
+        if trainer.state.fn != "fit":
+            return True
+        return step_budget_spent(trainer) or epoch_budget_spent(trainer)
+
+    def _wants_copying(self, trainer: Trainer) -> bool:
+        return self.copying == "every" or (self.copying == "final" and self._is_final(trainer))
+
+    def prepare_copying(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Gives the metric its training and held-out features (computed once, cached);
+        ``False``, after one warning, where they cannot be had."""
+        if self._copying_state != "unset":
+            return self._copying_state == "ready"
+        from genlit.metrics.copying import copying_sides
+
+        distances, datamodule = self.distances, trainer.datamodule
+        device = pl_module.device
+
+        def load(split: str):
+            if trainer.is_global_zero:
+                stats = reference_statistics(datamodule, split, distances, self.cache_dir, device)
+            trainer.strategy.barrier(f"genlit_copying_{split}")
+            if not trainer.is_global_zero:
+                stats = reference_statistics(datamodule, split, distances, self.cache_dir, device)
+            return stats
+
+        try:
+            sides = copying_sides(datamodule, self.split, distances.reference, load, pl_module)
+        except GenlitError as err:
+            self._copying_state = "failed"
+            rank_zero_warn(f"FID: no data-copying figures: {err}")
+            return False
+        distances.set_copying(*sides)
+        self._copying_state = "ready"
+        return True
 
     def total_samples(self, num_real: int) -> int:
         """``num_samples``, capped at the number of real images."""
@@ -211,6 +278,9 @@ class FID(StagedEvaluation):
         with torch.inference_mode(False), torch.no_grad():
             distances = self.prepare(trainer, pl_module)
             n = self.total_samples(distances.reference.num_samples)
+            distances.copying_enabled = self._wants_copying(trainer) and self.prepare_copying(
+                trainer, pl_module
+            )
             rank, world = trainer.global_rank, trainer.world_size
             with seeded(pl_module.device, self.seed + rank):
                 scorer = self.scorer.to(pl_module.device) if self.scorer is not None else None
@@ -255,6 +325,10 @@ class FID(StagedEvaluation):
             extra += f", IS {values['is_mean']:.4g} ± {values['is_std']:.2g}"
         if "precision" in values:
             extra += ", precision {precision:.3f}, recall {recall:.3f}, density {density:.3f}, coverage {coverage:.3f}".format(**values)
+        if "c_t" in values:
+            from genlit.metrics.copying import describe
+
+            extra += f"; copying: {describe(values)}"
         progress.write(  # above the progress bar
             trainer,
             f"{stage}/fid {values['fid']:.4g}{extra} (generator step {generator_step(trainer, pl_module)}; {n} samples vs "

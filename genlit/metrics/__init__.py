@@ -1,5 +1,5 @@
 """Metrics torchmetrics lacks: mode and class coverage, ELBO surgery, precision and recall, and
-FID/KID around feature networks.
+FID/KID around feature networks, and data-copying figures beside them.
 
 The pure functions (:mod:`~genlit.metrics.modes`, :mod:`~genlit.metrics.elbo`) import at once;
 the FID stack (:mod:`~genlit.metrics.fid`, :mod:`~genlit.metrics.features`, which load
@@ -24,6 +24,8 @@ _LAZY = {
     "to_uint8": "genlit.metrics.fid",
     "FeatureExtractor": "genlit.metrics.features",
     "load_features": "genlit.metrics.features",
+    "Copying": "genlit.metrics.copying",
+    "CopyingStats": "genlit.metrics.copying",
     "ClassCounter": "genlit.metrics.classes",
     "ClassStats": "genlit.metrics.classes",
     "class_statistics": "genlit.metrics.classes",

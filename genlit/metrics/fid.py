@@ -45,6 +45,7 @@ __all__ = [
     "generate_into",
     "in_order",
     "real_batches",
+    "real_positions",
     "reference_key",
     "reference_path",
     "reference_statistics",
@@ -368,6 +369,24 @@ def real_labels(datamodule: Any, split: str) -> Tensor:
     return torch.cat(labels)
 
 
+def real_positions(datamodule: Any, split: str) -> Tensor:
+    """The positions of ``datamodule``'s split images, int64 ``(N,)``, in the order of
+    :func:`real_batches` (the third element of genlit's batches with ``indices: true``).
+
+    Raises:
+        GenlitError: the batches carry no positions.
+    """
+    positions = []
+    for batch in _split_batches(datamodule, split, "cpu"):
+        if not isinstance(batch, (list, tuple)) or len(batch) < 3 or not torch.is_tensor(batch[2]):
+            raise GenlitError(
+                f"the {split} batches of {type(datamodule).__name__} carry no image positions: "
+                "the member test needs them (data.init_args.indices: true)"
+            )
+        positions.append(batch[2].long().cpu())
+    return torch.cat(positions)
+
+
 def reference_statistics(
     datamodule: Any,
     split: str,
@@ -532,6 +551,11 @@ class FeatureDistances(nn.Module):
         precision_recall: Also compute precision, recall, density and coverage
             (:mod:`genlit.metrics.manifold`); like KID, it keeps the reference features.
         nearest_k: Their k-nearest-neighbour k.
+        copying: Also compute the data-copying figures (:mod:`genlit.metrics.copying`) once
+            :meth:`set_copying` has given the training and held-out features; keeps the
+            reference features, as KID does.
+        copying_cells: C_T's k-means cells (``None``: about 200 samples per cell, at most 50).
+        copying_min_cell_samples: C_T skips cells with fewer samples.
     """
 
     def __init__(
@@ -544,6 +568,9 @@ class FeatureDistances(nn.Module):
         seed: int = 0,
         precision_recall: bool = False,
         nearest_k: int = 5,
+        copying: bool = False,
+        copying_cells: int | None = None,
+        copying_min_cell_samples: int = 20,
     ) -> None:
         super().__init__()
         self.network = network
@@ -567,11 +594,45 @@ class FeatureDistances(nn.Module):
             self._build_kid(torch.zeros(0, self.num_features))
         if precision_recall:
             self.manifold = _ReferenceManifold(torch.zeros(0, self.num_features), nearest_k)
+        if copying_cells is not None and copying_cells < 1:
+            raise ValueError(f"copying_cells must be >= 1 or null, got {copying_cells}")
+        self._copying_wanted = copying
+        self._copying_args = dict(
+            cells=copying_cells, min_cell_samples=copying_min_cell_samples, seed=seed
+        )
+        self.copying: Any = None
+        """The :class:`~genlit.metrics.copying.Copying` metric, once :meth:`set_copying` ran."""
+        self.copying_enabled = True
+        """Whether the next samples also go to the copying metric (the FID callback sets it)."""
 
     @property
     def keeps_features(self) -> bool:
-        """Whether the reference must carry every real feature (KID, precision and recall)."""
-        return self._kid_wanted or self._manifold_wanted
+        """Whether the reference must carry every real feature (KID, precision and recall,
+        the data-copying figures)."""
+        return self._kid_wanted or self._manifold_wanted or self._copying_wanted
+
+    def set_copying(
+        self,
+        train: Tensor,
+        held_out: Tensor,
+        members: Tensor | None = None,
+        non_members: Tensor | None = None,
+    ) -> None:
+        """Gives the data-copying figures their real sides.
+
+        Args:
+            train: Features of the training images ``(l, d)``.
+            held_out: Features of real images never trained on ``(n, d)``.
+            members: Indices into ``train`` of the images the model holds state for (the
+                member test); ``None``: no member test.
+            non_members: Features of as many images the model does not hold.
+        """
+        from genlit.metrics.copying import Copying
+
+        self.copying = Copying(
+            train.to(self.fid.device), held_out.to(self.fid.device),
+            members=members, non_members=non_members, **self._copying_args,
+        ).to(self.fid.device)  # fmt: skip
 
     def _build_kid(self, reference: Tensor) -> None:
         device = self.fid.device
@@ -608,6 +669,8 @@ class FeatureDistances(nn.Module):
             self.kid.update(features, real=False)
         if self.manifold is not None and not real:
             self.manifold.update(features)
+        if self.copying is not None and self.copying_enabled and not real:
+            self.copying.update(features)
 
     def measure(self, batches: Iterable[Tensor], key: dict[str, Any]) -> ReferenceStats:
         """Reference statistics of real uint8 batches (the generated side is left untouched)."""
@@ -667,6 +730,11 @@ class FeatureDistances(nn.Module):
             values.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
         if self.manifold is not None:
             values.update(self.manifold.compute())
+        if self.copying is not None and self.copying_enabled:
+            from genlit.metrics.copying import mifid
+
+            values.update(self.copying.compute())
+            values["mifid"] = mifid(values["fid"], values["memorization"])
         return values
 
     def reset(self) -> None:
@@ -676,6 +744,8 @@ class FeatureDistances(nn.Module):
             self.kid.reset()
         if self.manifold is not None:
             self.manifold.reset()
+        if self.copying is not None:
+            self.copying.reset()
 
 
 class InceptionScoreSide(nn.Module):

@@ -30,6 +30,8 @@ from genlit.ot import FitReport, GenerationStats, SemiDiscreteOT
 
 OT_KEY = "genlit_ot"
 """Where checkpoints keep the fitted map (codes, heights, settings): tensors and plain values."""
+POSITIONS_KEY = "genlit_ot_positions"
+"""Where checkpoints keep the training positions of the map's codes (when the batches had them)."""
 
 
 def save_ot(checkpoint: dict[str, Any], ot: SemiDiscreteOT | None) -> None:
@@ -73,16 +75,32 @@ class CarriesOTMap:
     """
 
     ot: SemiDiscreteOT | None
+    ot_positions: Tensor | None = None
+    """The training positions of the map's codes (``data.init_args.indices: true``), else None."""
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         save_ot(checkpoint, self.ot)
+        if self.ot is not None and self.ot_positions is not None:
+            checkpoint[POSITIONS_KEY] = self.ot_positions.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         ot = load_ot(checkpoint, self.latent_dim)  # type: ignore[attr-defined]
         if ot is not None:
             self.ot = ot.to(self.device)  # type: ignore[attr-defined]
+            self.ot_positions = checkpoint.get(POSITIONS_KEY)
+
+    def copying_members(self) -> Tensor | None:
+        """The training positions of the codes the OT map holds, for the member test of
+        :mod:`genlit.metrics.copying` (``None`` when the batches gave no positions).
+
+        Raises:
+            GenlitError: no map has been fitted yet.
+        """
+        if self.ot is None:
+            raise GenlitError(f"{type(self).__name__} has no fitted OT map yet: the member test needs one")
+        return self.ot_positions
 
     def on_fit_start(self) -> None:
         super().on_fit_start()  # type: ignore[misc]
@@ -261,17 +279,25 @@ class AEOT(CarriesOTMap, AE):
 
     @torch.no_grad()
     def collect_codes(self, batches: Iterable[Any], n: int) -> Tensor:
-        """The encoder's codes (eval mode) of the first ``n`` training samples ``batches`` gives."""
-        codes, have = [], 0
+        """The encoder's codes (eval mode) of the first ``n`` training samples ``batches`` gives.
+
+        Where the batches carry each image's position (``(images, labels, positions)``), the
+        positions of the codes are kept in ``self.collected_positions`` (else it is None).
+        """
+        codes, positions, have = [], [], 0
         with self._evaluating():
             for batch in batches:
-                z = self.encoder(self.unpack(self.prepare_batch(batch)))
+                batch = self.prepare_batch(batch)
+                z = self.encoder(self.unpack(batch))
                 codes.append(z[: n - have])
+                if isinstance(batch, (list, tuple)) and len(batch) >= 3 and torch.is_tensor(batch[2]):
+                    positions.append(batch[2][: n - have].long())
                 have += len(codes[-1])
                 if have >= n:
                     break
         if not codes:
             raise GenlitError("AE-OT: the training data gave no codes to fit the OT map to")
+        self.collected_positions = torch.cat(positions) if len(positions) == len(codes) else None
         return torch.cat(codes)
 
     def fit_ot(self, batches: Iterable[Any]) -> FitReport:
@@ -298,6 +324,11 @@ class AEOT(CarriesOTMap, AE):
             parts = [torch.empty_like(codes[: int(count)]) for _ in range(world)]
             torch.distributed.all_gather(parts, codes[: int(count)].contiguous())
             codes = torch.cat(parts)[: self.ot_codes]
+            if self.collected_positions is not None:
+                mine = self.collected_positions[: int(count)].contiguous()
+                gathered = [torch.empty_like(mine) for _ in range(world)]
+                torch.distributed.all_gather(gathered, mine)
+                self.collected_positions = torch.cat(gathered)[: self.ot_codes]
         ot = SemiDiscreteOT(codes.float(), chunk=4096)
         report = self._run_fit(ot) if not distributed() or torch.distributed.get_rank() == 0 else None
         if world > 1:
@@ -306,6 +337,7 @@ class AEOT(CarriesOTMap, AE):
             torch.distributed.broadcast_object_list(box, 0)
             report = box[0]
         self.ot, self.ot_report = ot, report
+        self.ot_positions = None if self.collected_positions is None else self.collected_positions.cpu()
         self._log_fit(report, len(codes))
         return report
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from genlit.errors import GenlitError
 from genlit.losses import discriminator_loss, generator_loss
-from genlit.models.aeot import CarriesOTMap, load_ot
+from genlit.models.aeot import POSITIONS_KEY, CarriesOTMap, load_ot
 from genlit.models.base import AdversarialModel
 from genlit.models.gan import GANLoss
 from genlit.ot import SemiDiscreteOT
@@ -185,6 +185,7 @@ class AEOTGAN(CarriesOTMap, AdversarialModel):
                 f"says {self.reconstruction}: set model.init_args.reconstruction: {theirs}"
             )
         self.ot = load_ot(checkpoint, self.latent_dim).to(self.device)
+        self.ot_positions = checkpoint.get(POSITIONS_KEY)
 
     # --- images and codes ----------------------------------------------------------------
 

@@ -192,6 +192,13 @@ class GLANN(GenerativeModel):
             for net, mode in zip(networks, modes, strict=True):
                 net.train(mode)
 
+    def copying_members(self) -> Tensor | None:
+        """The training positions GLANN holds a code for (every image of the training split),
+        for the member test of :mod:`genlit.metrics.copying`; ``None`` before the codes exist."""
+        if self.codes is None:
+            return None
+        return torch.arange(self.codes.num_embeddings)
+
     def sample_codes(self, n: int) -> Tensor:
         """``n`` new codes on the unit sphere, shape (n, latent_dim): ``T(e)`` once IMLE has run,
         else draws of a Gaussian fitted to the codes, each projected onto the sphere."""
