@@ -55,11 +55,13 @@ class Bank(GenerativeModel):
         return self.bank[positions]
 
 
-KEYS = ("fid", "kid_mean", "precision", "recall", "density", "coverage", "classes", "kl_classes", "confident")
+KEYS = ("fid", "kid_mean", "precision", "recall", "density", "coverage", "classes", "kl_classes", "confident",
+        "c_t", "nn_ratio", "closer_share", "memorization", "mifid")
 
 
 def measure(devices: int, cache: str) -> tuple[float, ...] | None:
-    """FID, KID, precision/recall/density/coverage and class coverage (:data:`KEYS`) of the bank
+    """FID, KID, precision/recall/density/coverage, class coverage and the data-copying
+    figures (:data:`KEYS`) of the bank
     against the digits' training split; None on ranks other than 0."""
     trainer = Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",

@@ -76,7 +76,7 @@ def test_fid_under_ddp_equals_one_process(ddp_runs):
     assert values[2][1] == pytest.approx(values[1][1], rel=2e-2)
 
 
-def test_precision_recall_and_class_coverage_under_ddp_equal_one_process(ddp_runs):
+def test_precision_recall_class_coverage_and_copying_under_ddp_equal_one_process(ddp_runs):
     from ddp_fid_script import KEYS, measure
 
     sections, err, out = ddp_runs
@@ -84,5 +84,7 @@ def test_precision_recall_and_class_coverage_under_ddp_equal_one_process(ddp_run
     two = {key: float(found[key]) for key in KEYS[2:]}
     one = dict(zip(KEYS, measure(1, str(out / "fid_cache")), strict=True))
     assert one["classes"] >= 2 and 0.2 < one["precision"] < 0.8  # half the bank is real digits
+    # half the bank is training images themselves: C_T is a real (finite) z, not NaN
+    assert one["c_t"] == one["c_t"] and one["closer_share"] > 0.3
     for key, value in two.items():  # the gathered samples are the same set: the same values
         assert value == pytest.approx(one[key], abs=1e-6), key
