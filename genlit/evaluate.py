@@ -1,6 +1,9 @@
 """``genlit evaluate``: FID and KID of a checkpoint's samples, or of a folder of images; with
 ``--precision_recall`` also precision, recall, density and coverage in the same features, and
-with ``--classes mnist`` (``--stacked`` for Stacked MNIST) the class coverage.
+with ``--classes mnist`` (``--stacked`` for Stacked MNIST) the class coverage; with
+``--copying`` the data-copying figures against the training split (C_T, the nearest-training
+ratio, MiFID's memorization; the member test for models that hold per-image state), and
+``--neighbours out.png`` a picture of samples above their nearest training images.
 
     python -m genlit evaluate --ckpt runs/mnist/nsgan/version_0/checkpoints/last.ckpt \\
         --config configs/mnist/nsgan.yaml --num_samples 10000 --features mnist
@@ -25,6 +28,7 @@ import torch
 from torch import Tensor
 
 from genlit.errors import GenlitError
+from genlit.metrics.copying import describe
 from genlit.metrics.features import load_features
 from genlit.metrics.fid import (
     FeatureDistances,
@@ -52,6 +56,8 @@ class Evaluation:
     classes: Any | None = None
     """The :class:`~genlit.metrics.classes.ClassStats`, with ``--classes``."""
     inception_score: dict[str, float] | None = None
+    copying: dict[str, float] | None = None
+    """The data-copying figures (:mod:`genlit.metrics.copying`), with ``--copying``."""
 
     def as_dict(self) -> dict[str, Any]:
         """The numbers and their settings as plain data (``genlit evaluate --json``)."""
@@ -75,6 +81,7 @@ class Evaluation:
             "manifold": self.manifold,
             "classes": classes,
             "inception_score": self.inception_score,
+            "copying": self.copying,
         }
 
     def report(self) -> str:
@@ -109,6 +116,7 @@ class Evaluation:
                     if self.inception_score
                     else []
                 ),
+                *([f"  copying     {describe(self.copying)}"] if self.copying else []),
                 f"  time        {self.seconds:.1f} s",
             ]
         )
@@ -167,6 +175,10 @@ def evaluate(
     classes: str | None = None,
     stacked: bool = False,
     inception_score: bool = False,
+    copying: bool = False,
+    copying_cells: int | None = None,
+    member_test: bool = False,
+    neighbours: str | Path | None = None,
 ) -> Evaluation:
     """FID (and KID) of ``model.sample`` or of a folder of images against ``datamodule``'s split.
 
@@ -188,6 +200,14 @@ def evaluate(
         stacked: Stacked MNIST: every channel is a digit (1,000 classes).
         inception_score: Also the Inception Score (needs the Inception weights, as
             ``features=inception`` does).
+        copying: Also the data-copying figures of the same images against the training
+            split, with the held-out images of ``split`` (of ``test`` when ``split`` is
+            ``train``); the member test too when the model holds per-image state.
+        copying_cells: C_T's k-means cells (``None``: about 200 samples per cell, at most 50).
+        member_test: Require the member test: refused in one line for a model without
+            per-image state (or a folder of images).
+        neighbours: Also save 16 samples above their nearest training images to this PNG
+            (implies ``copying``).
     """
     if (model is None) == (images is None):
         raise GenlitError("give either a checkpoint (--ckpt) or a folder of images (--images)")
@@ -197,12 +217,34 @@ def evaluate(
     shape = None
     if getattr(datamodule, "channels", None) and getattr(datamodule, "image_size", None):
         shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
+    copying = copying or member_test or neighbours is not None
+    if member_test and not callable(getattr(model, "copying_members", None)):
+        what = type(model).__name__ if model is not None else "a folder of images"
+        raise GenlitError(
+            f"--member_test: {what} holds no state per training image; the member test applies "
+            "to AE-OT, AE-OT-GAN and GLANN checkpoints"
+        )
     distances = FeatureDistances(
         network, shape, kid, kid_subsets, kid_subset_size, seed,
         precision_recall=precision_recall, nearest_k=nearest_k,
+        copying=copying, copying_cells=copying_cells,
     ).to(device)  # fmt: skip
     stats = reference_statistics(datamodule, split, distances, cache_dir, device)
     distances.set_reference(stats)
+    if copying:
+        from genlit.metrics.copying import copying_sides
+
+        sides = copying_sides(
+            datamodule, split, stats,
+            lambda part: reference_statistics(datamodule, part, distances, cache_dir, device),
+            model, seed,
+        )  # fmt: skip
+        if member_test and sides[2] is None:
+            raise GenlitError(
+                f"--member_test: this {type(model).__name__} recorded no training positions for its "
+                "state: train (or fit the OT map) with data.init_args.indices: true"
+            )
+        distances.set_copying(*sides)
     counter = scorer = None
     if classes is not None:
         from genlit.metrics.classes import ClassCounter, class_histogram
@@ -234,6 +276,14 @@ def evaluate(
         )
     values = distances.compute()
     manifold = {k: values[k] for k in ("precision", "recall", "density", "coverage") if k in values}
+    copied = None
+    if copying:
+        from genlit.metrics.copying import CopyingStats
+
+        names = (*CopyingStats._fields, "mifid", "member_share")
+        copied = {k: values[k] for k in names if k in values}
+        if neighbours is not None:
+            _save_neighbours(distances, datamodule, model, images, stats, Path(neighbours), seed, device)
     return Evaluation(
         fid=values["fid"],
         kid_mean=values.get("kid_mean"),
@@ -246,7 +296,30 @@ def evaluate(
         manifold=manifold or None,
         classes=None if counter is None else counter.compute(),
         inception_score=None if scorer is None else scorer.compute(),
+        copying=copied,
     )
+
+
+def _save_neighbours(
+    distances: FeatureDistances, datamodule: Any, model: Any, images: Any,
+    stats: ReferenceStats, path: Path, seed: int, device: torch.device, count: int = 16,
+) -> None:  # fmt: skip
+    """16 samples (the first of the folder, or drawn from ``seed``) above their nearest training images."""
+    from genlit.callbacks.grid import save_neighbours
+    from genlit.metrics.copying import training_images
+    from genlit.metrics.fid import to_uint8
+
+    if model is not None:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            shown = to_uint8(model.sample(count)).to(device)
+        name = type(model).__name__
+    else:
+        shown = next(folder_batches(images, stats.image_shape, count, count)).to(device)
+        name = str(images)
+    rows, ratios = distances.copying.nearest_training(distances.features(shown))
+    title = [name, f"samples above their nearest training images in {distances.network.name} features"]
+    save_neighbours(shown.cpu(), training_images(datamodule, rows), ratios.cpu(), path, title)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -348,6 +421,21 @@ def evaluate_main(argv: list[str]) -> None:
         "--stacked", action="store_true", help="Stacked MNIST: a digit per channel (with --classes mnist)"
     )
     parser.add_argument(
+        "--copying",
+        action="store_true",
+        help="also the data-copying figures against the training split: C_T, nearest-training "
+        "ratio, MiFID's memorization (and the member test where the model holds per-image state)",
+    )
+    parser.add_argument(
+        "--copying_cells", type=int, default=None, help="C_T's k-means cells (default: about 200 samples per cell, at most 50)"
+    )
+    parser.add_argument(
+        "--member_test", action="store_true", help="require the member test (AE-OT, AE-OT-GAN, GLANN checkpoints)"
+    )
+    parser.add_argument(
+        "--neighbours", default=None, help="also save 16 samples above their nearest training images to this PNG"
+    )
+    parser.add_argument(
         "--batch_size", type=int, default=500, help="images per batch (default 500)"
     )
     parser.add_argument(
@@ -371,6 +459,10 @@ def evaluate_main(argv: list[str]) -> None:
         raise GenlitError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.stacked and args.classes != "mnist":
         raise GenlitError("--stacked labels each channel with the MNIST classifier: add --classes mnist")
+    if args.copying_cells is not None and args.copying_cells < 1:
+        raise GenlitError(f"--copying_cells must be >= 1, got {args.copying_cells}")
+    if args.neighbours and not args.neighbours.lower().endswith(".png"):
+        raise GenlitError(f"--neighbours writes a PNG: give a path ending in .png, got {args.neighbours}")
     if args.nearest_k is not None and args.nearest_k < 1:
         raise GenlitError(f"--nearest_k must be >= 1, got {args.nearest_k}")
     if args.num_samples is not None and args.num_samples < 2:
@@ -399,6 +491,8 @@ def evaluate_main(argv: list[str]) -> None:
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if not cache.is_dir():  # an existing folder may be read-only and hold the statistics
         check_writable(cache, folder=True, flag="--cache_dir")
+    if args.neighbours:
+        check_writable(Path(args.neighbours), folder=False, flag="--neighbours")
     model = None
     if args.ckpt:
         from genlit.checkpoints import load_model
@@ -428,8 +522,14 @@ def evaluate_main(argv: list[str]) -> None:
         classes=args.classes,
         stacked=args.stacked,
         inception_score=args.inception_score,
+        copying=args.copying,
+        copying_cells=args.copying_cells or settings.get("copying_cells"),
+        member_test=args.member_test,
+        neighbours=args.neighbours,
     )
     print(result.report(), flush=True)
+    if args.neighbours:
+        print(f"  neighbours  {args.neighbours}", flush=True)
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -465,6 +466,28 @@ def test_genlit_evaluate_repeats_the_callbacks_value_from_its_cache_and_reads_fo
     report = capsys.readouterr().out
     fid = float(report.split("FID ")[1].split()[0].rstrip(","))
     assert abs(fid) < 1e-3 and "180 from" in report and "KID" not in report
+
+    # The copying figures of the same held-out images: exactly as far from the training set
+    # as themselves (ratio 1, C_T about 0); of 180 training images: copies (ratio 0).
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    train = torch.cat(list(real_batches(Digits(image_size=16, val_fraction=0.1), "train")))[:180]
+    for i, image in enumerate(train):
+        Image.fromarray(image[0].numpy()).save(copies / f"{i:04d}.png")
+    found = {}
+    for name, source in (("held_out", folder), ("copies", copies)):
+        out = tmp_path / f"{name}.json"
+        argv = ["evaluate", "--images", str(source), "--config", str(config), "--split", "val",
+                "--cache_dir", str(tmp_path / "other"), "--no_kid", "--copying", "--json", str(out)]
+        if name == "copies":
+            argv += ["--neighbours", str(tmp_path / "neighbours.png")]
+        main(argv)
+        assert "  copying     C_T " in capsys.readouterr().out
+        found[name] = json.loads(out.read_text())["copying"]
+    assert found["held_out"]["nn_ratio"] == pytest.approx(1.0) and abs(found["held_out"]["c_t"]) < 1
+    assert found["copies"]["nn_ratio"] == 0.0 and found["copies"]["c_t"] < -10
+    assert found["copies"]["closer_share"] == 1.0
+    assert Image.open(tmp_path / "neighbours.png").size[0] > 8 * 16
 
 
 def test_genlit_evaluate_errors_are_one_line(tmp_path, capsys):

@@ -329,12 +329,40 @@ class FID(StagedEvaluation):
             from genlit.metrics.copying import describe
 
             extra += f"; copying: {describe(values)}"
+        if "c_t" in values and trainer.is_global_zero and not trainer.fast_dev_run:
+            self.draw_neighbours(trainer, pl_module)
         progress.write(  # above the progress bar
             trainer,
             f"{stage}/fid {values['fid']:.4g}{extra} (generator step {generator_step(trainer, pl_module)}; {n} samples vs "
             f"{self.distances.reference.describe()}; features {self.distances.network.name})"
         )
         return self.last
+
+    def draw_neighbours(self, trainer: Trainer, pl_module: LightningModule, count: int = 16) -> Path | None:
+        """Saves ``count`` samples above their nearest training images (rank 0 only); a
+        failure is a warning, never the end of the run."""
+        from genlit.callbacks.grid import save_neighbours
+        from genlit.callbacks.images import run_dir, send_image
+        from genlit.metrics.copying import training_images
+        from genlit.metrics.fid import to_uint8
+
+        step = generator_step(trainer, pl_module)
+        try:
+            with torch.inference_mode(False), torch.no_grad(), seeded(pl_module.device, self.seed):
+                images = to_uint8(pl_module.sample(count))
+                rows, ratios = self.distances.copying.nearest_training(self.distances.features(images))
+            neighbours = training_images(trainer.datamodule, rows)
+            path = run_dir(trainer) / "samples" / f"nearest_neighbours_step_{step:06d}.png"
+            title = [
+                type(pl_module).__name__, f"generator step {step}",
+                f"samples above their nearest training images in {self.distances.network.name} features",
+            ]  # fmt: skip
+            save_neighbours(images.cpu(), neighbours, ratios.cpu(), path, title)
+        except Exception as err:  # noqa: BLE001 - a picture never ends a run
+            rank_zero_warn(f"FID: could not draw the nearest training images: {err}")
+            return None
+        send_image(trainer, "val/nearest_neighbours", path)
+        return path
 
     def _announce(self, trainer: Trainer, n: int) -> None:
         """Puts the settings next to the values in every logger's hyperparameters, once."""

@@ -235,3 +235,39 @@ class SampleGrid(EpochPictures):
         self._drawn_at_step = trainer.global_step
         send_image(trainer, "samples/grid", path)
         return path
+
+
+def save_neighbours(
+    samples: Tensor,
+    neighbours: Tensor,
+    ratios: Tensor,
+    path: Path,
+    title: Sequence[str] = (),
+    per_row: int = 8,
+) -> Path:
+    """Writes samples above their nearest training images, row pair by row pair, as a PNG.
+
+    Args:
+        samples: uint8 images ``(n, C, H, W)``.
+        neighbours: The nearest training image of each, uint8 ``(n, C, H, W)``.
+        ratios: Each sample's distance to it over the held-out images' median distance to
+            the training set ``(n,)``: the row labels give their median (1: as far as real
+            held-out images are; near 0: a copy).
+        path: The PNG to write (its folder is made).
+        title: Parts of the title.
+        per_row: Images per row.
+    """
+    rows, labels = [], []
+    for start in range(0, len(samples), per_row):
+        part = slice(start, start + per_row)
+        rows += [samples[part], neighbours[part]]
+        labels += ["samples", f"nearest training, d/held-out {float(ratios[part].median()):.2f}"]
+    width = min(per_row, len(samples))
+    padded = [torch.cat([r, r.new_zeros(width - len(r), *r.shape[1:])]) if len(r) < width else r for r in rows]
+    images = torch.cat(padded).float() / 255.0  # (2 rows x width, C, H, W)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    grid = make_grid(images, nrow=width, padding=2, pad_value=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    annotate(grid, title, labels, samples.shape[-2]).save(path)
+    return path

@@ -56,6 +56,7 @@ __all__ = [
     "member_share",
     "memorization_distance",
     "mifid",
+    "training_images",
     "nearest",
 ]
 
@@ -309,6 +310,15 @@ class Copying(Metric):
             self._held = (centres, *held_out_side(self.held_out_features, self.train_features, centres))
         return self._held[0], self._held[1:]
 
+    def nearest_training(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """For features ``(n, d)``: the row of the nearest training feature, and the distance
+        to it over the held-out images' median distance to the training set (1: as far as
+        real images; near 0: a copy)."""
+        if self._held_nearest is None:
+            self._held_nearest = nearest(self.held_out_features, self.train_features)[0]
+        distances, rows = nearest(features.to(self.train_features.device), self.train_features)
+        return rows, distances / self._held_nearest.median().clamp_min(1e-12)
+
     def compute(self) -> dict[str, float]:
         samples = dim_zero_cat(self.fake_features)
         if len(samples) < 2:
@@ -331,6 +341,24 @@ class Copying(Metric):
         if len(self.member_features):
             values["member_share"] = member_share(samples, self.member_features, self.non_member_features)
         return values
+
+
+def training_images(datamodule: Any, rows: Tensor) -> Tensor:
+    """The training split's uint8 images at ``rows`` (their order in
+    :func:`~genlit.metrics.fid.real_batches`, the order of the training features)."""
+    from genlit.metrics.fid import real_batches
+
+    rows = rows.cpu().long()
+    found: dict[int, Tensor] = {}
+    offset = 0
+    for batch in real_batches(datamodule, "train"):
+        inside = rows[(rows >= offset) & (rows < offset + len(batch))]
+        for row in inside.tolist():
+            found[row] = batch[row - offset].cpu()
+        offset += len(batch)
+        if len(found) == len(set(rows.tolist())):
+            break
+    return torch.stack([found[row] for row in rows.tolist()])
 
 
 def mifid(fid: float, memorization: float, threshold: float = MIFID_THRESHOLD) -> float:
