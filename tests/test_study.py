@@ -316,9 +316,11 @@ def test_report_of_an_unfinished_study_says_what_is_running_and_waiting(tmp_path
     assert len(waiting) == 6 and all(t.state.name == "WAITING" for t in waiting)
     # Two trials done, one running, one failed by hand; the rest waiting.
     ids = [storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("test"), t.number) for t in waiting]
-    for trial_id, value in zip(ids[:2], (30.0, 50.0), strict=True):
+    for trial_id, value, c_t in zip(ids[:2], (30.0, 50.0), (-1.0, -3.0), strict=True):
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
         storage.set_trial_user_attr(trial_id, "seconds", 60.0)
+        storage.set_trial_user_attr(trial_id, "copying_c_t", c_t)
+        storage.set_trial_user_attr(trial_id, "copying_nn_ratio", 0.5)
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, values=[value])
     storage.set_trial_state_values(ids[2], optuna.trial.TrialState.RUNNING)
     storage.set_trial_state_values(ids[3], optuna.trial.TrialState.RUNNING)
@@ -331,7 +333,10 @@ def test_report_of_an_unfinished_study_says_what_is_running_and_waiting(tmp_path
     assert nsgan.std == pytest.approx(14.142, abs=1e-3)  # sample std of 30 and 50
     assert (lsgan.fids, lsgan.failed, lsgan.waiting) == ([], 1, 2)
     text = markdown(spec, study, table)
-    assert "| nsgan | digits | 2/3 | 30 | 40 ± 14 | 40 | 1 |" in text
+    assert nsgan.c_t == [-1.0, -3.0] and lsgan.c_t == []
+    # C_T -2 ± sample std 1.4 of -1 and -3; the NN ratio 0.5 ± 0
+    assert "| nsgan | digits | 2/3 | 30 | 40 ± 14 | 40 | -2 ± 1.4 | 0.5 ± 0 | 1 |" in text
+    assert "| lsgan | digits | 0/3 | - | - | - | - | - |" in text
     assert "- digits/nsgan: 1 running" in text
     assert "- digits/lsgan: 1 failed, 2 waiting" in text
     assert "digits/lsgan:setting0:seed0 (trial 3): exit code 1: out of memory" in text

@@ -418,7 +418,7 @@ def copying_sides(
             raise GenlitError(
                 f"{type(datamodule).__name__} has no held-out split to compare with ({err}): the "
                 "copying figures need real images never trained on; give the datamodule a test "
-                "split, or set copying: off"
+                "split, or set copying: off (the FID callback; copying: false in a study's evaluation)"
             ) from None
     else:
         held = reference

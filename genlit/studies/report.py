@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ class Row:
     features: str | None
     reference: str | None
     num_samples: int | None
+    c_t: list[float] = field(default_factory=list)
+    """Meehan et al.'s C_T of each finished trial that measured it (data copying)."""
+    nn_ratio: list[float] = field(default_factory=list)
+    """Each finished trial's median nearest-training distance over the held-out images'."""
 
     @property
     def mean(self) -> float:
@@ -83,9 +87,23 @@ def rows(spec: StudySpec, study: Any, by_setting: bool | None = None) -> list[Ro
                 features=best.user_attrs.get("features") if best else None,
                 reference=best.user_attrs.get("reference") if best else None,
                 num_samples=best.user_attrs.get("num_samples") if best else None,
+                c_t=_finite(t.user_attrs.get("copying_c_t") for t in done),
+                nn_ratio=_finite(t.user_attrs.get("copying_nn_ratio") for t in done),
             )
         )
     return result
+
+
+def _finite(values: Any) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    """``mean ± sample std`` (``-`` for none)."""
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}g} ± {std:.2g}"
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -106,10 +124,14 @@ def markdown(spec: StudySpec, study: Any, table: list[Row]) -> str:
         lines.append(f"Measured with {features}; {row.num_samples} samples against {row.reference}.")
     lines += [
         "FID mean ± sample std over the finished trials (seeds); lower is better.",
+        "Data copying in the same features (genlit.metrics.copying): C_T well below 0 means samples "
+        "nearer the training images than held-out real images are (copying), near 0 generalising, "
+        "above 0 underfitting; NN ratio is the median distance to the nearest training image over "
+        "the held-out images' (1: as far as real images).",
         "",
-        "| model | dataset | finished | best | mean ± std | median | min/trial |"
+        "| model | dataset | finished | best | mean ± std | median | C_T | NN ratio | min/trial |"
         + (" lecture (Inception, its protocol) |" if lecture else ""),
-        "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if lecture else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if lecture else ""),
     ]
     for row in table:
         dataset, _, model = row.config.rpartition("/")
@@ -118,7 +140,7 @@ def markdown(spec: StudySpec, study: Any, table: list[Row]) -> str:
         minutes = statistics.fmean(row.minutes) if row.minutes else math.nan
         lines.append(
             f"| {name} | {dataset} | {len(row.fids)}/{row.jobs} | {_number(row.best)} | {spread} "
-            f"| {_number(row.median)} | {_number(minutes, 2)} |"
+            f"| {_number(row.median)} | {_spread(row.c_t, 2)} | {_spread(row.nn_ratio)} | {_number(minutes, 2)} |"
             + (f" {spec.lecture.get(row.config, '')} |" if lecture else "")
         )
     if any(r.params for r in table):
@@ -142,24 +164,34 @@ def write_csv(path: Path, table: list[Row]) -> None:
         writer = csv.writer(out)
         writer.writerow(["config", "dataset", "model", "setting", "finished", "trials", "failed",
                          "running", "waiting", "best", "mean", "std", "median", "minutes_per_trial",
-                         "params"])  # fmt: skip
+                         "params", "c_t_mean", "c_t_std", "nn_ratio_mean", "nn_ratio_std"])  # fmt: skip
         for row in table:
             dataset, _, model = row.config.rpartition("/")
             minutes = statistics.fmean(row.minutes) if row.minutes else math.nan
             writer.writerow([row.config, dataset, model, "" if row.setting is None else row.setting,
                              len(row.fids), row.jobs, row.failed, row.running, row.waiting,
                              row.best, row.mean, row.std, row.median, minutes,
-                             ";".join(f"{k}={v}" for k, v in row.params.items())])  # fmt: skip
+                             ";".join(f"{k}={v}" for k, v in row.params.items()),
+                             *_mean_std(row.c_t), *_mean_std(row.nn_ratio)])  # fmt: skip
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def write_trials(path: Path, study: Any) -> None:
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["trial", "job", "state", "fid", "kid_mean", "minutes", "device", "run_dir", "error"])
+        writer.writerow(["trial", "job", "state", "fid", "kid_mean", "c_t", "nn_ratio", "memorization",
+                         "member_share", "minutes", "device", "run_dir", "error"])  # fmt: skip
         for trial in study.get_trials(deepcopy=False):
             attrs = trial.user_attrs
             writer.writerow([trial.number, attrs.get("job"), trial.state.name, trial.value,
-                             attrs.get("kid_mean"), (attrs.get("seconds") or math.nan) / 60,
+                             attrs.get("kid_mean"), attrs.get("copying_c_t"), attrs.get("copying_nn_ratio"),
+                             attrs.get("copying_memorization"), attrs.get("copying_member_share"),
+                             (attrs.get("seconds") or math.nan) / 60,
                              attrs.get("device"), attrs.get("run_dir"), attrs.get("error") or ""])  # fmt: skip
 
 

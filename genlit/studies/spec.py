@@ -14,6 +14,7 @@ A study file is YAML (data only: it is read with ``yaml.safe_load`` and never ru
     seeds: [0, 1, 2]
     budget: {generator_steps: 1000}  # or {epochs: 20}
     evaluation: {num_samples: 10000, split: test}       # features: the config's FID callback's
+                                     # copying: false leaves out the data-copying figures
     arguments: ["--data.init_args.root=data"]           # given to every trial (fit and evaluate)
     retries: 1                       # a crashed trial runs again up to this many times
     search:                          # optional: hyperparameter settings, each run with every seed
@@ -46,7 +47,7 @@ KEYS = {
     "name", "folder", "configs", "seeds", "budget", "evaluation", "arguments", "retries",
     "search", "quiet", "lecture",
 }  # fmt: skip
-EVALUATION_KEYS = {"features", "num_samples", "split", "weights_path", "batch_size", "kid"}
+EVALUATION_KEYS = {"features", "num_samples", "split", "weights_path", "batch_size", "kid", "copying"}
 CONFIG_KEYS = {"config", "name", "arguments", "after", "checkpoint_argument", "budget"}
 
 
@@ -184,7 +185,8 @@ class StudySpec:
         features = evaluation.get("features", "each config's FID callback's")
         samples = evaluation.get("num_samples", "the config's FID callback's (else 10000)")
         split = evaluation.get("split", "config's FID callback's")
-        return f"features {features}, {samples} samples against the {split} split"
+        copying = "" if evaluation.get("copying", True) is False else "; data copying against the train split"
+        return f"features {features}, {samples} samples against the {split} split{copying}"
 
     def describe_budget(self) -> str:
         """The study's budget, and the configs that have their own."""

@@ -421,6 +421,8 @@ class Worker:
             "num_samples": result.get("num_samples"), "checkpoint": str(checkpoint),
             "train_seconds": train_seconds, "seconds": time.time() - start,
         }  # fmt: skip
+        for key, value in (result.get("copying") or {}).items():
+            attrs[f"copying_{key}"] = value
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
         from optuna.trial import TrialState
@@ -474,6 +476,8 @@ class Worker:
         options = [f"--{key}={evaluation[key]}" for key in ("features", "num_samples", "split", "weights_path", "batch_size") if key in evaluation]
         if evaluation.get("kid") is False:
             options.append("--no_kid")
+        if evaluation.get("copying", True) is not False:
+            options.append("--copying")
         return [
             sys.executable, "-m", "genlit", "evaluate",
             "--ckpt", str(checkpoint), "--config", str(job.config.path), *options, *data,
