@@ -8,6 +8,12 @@ metrics, compute FID and KID. Generation and feature extraction are timed separa
 
     python benchmarks/fid_speed.py --data-root data            # MNIST in data/MNIST/raw
     python benchmarks/fid_speed.py --data-root data --threads 1
+    python benchmarks/fid_speed.py --data-root data --copying   # also the data-copying figures
+
+With ``--copying`` each repeat also runs the same evaluation with the copying figures of
+:mod:`genlit.metrics.copying` against the 60,000 training images (interleaved with the plain
+one), their held-out side read from its cache; the first, cold computation of that side (the
+k-means and the test images' distances to the training set, once per dataset) is timed apart.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--no_kid", action="store_true")
     parser.add_argument("--cache_dir", default=None, help="default: a temporary folder")
+    parser.add_argument("--copying", action="store_true", help="also time the data-copying figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
@@ -46,16 +53,30 @@ def main() -> None:
     model = GAN(DCGANGenerator(100, 1, 28, 64), DCGANDiscriminator(1, 28, 64)).eval()
     datamodule = MNIST(root=args.data_root, download=True)
 
-    def fresh() -> FeatureDistances:
+    def fresh(copying: bool = False) -> FeatureDistances:
         # Everything a new evaluation builds: the network and the metrics, the cache read.
         network = load_features("mnist")
-        distances = FeatureDistances(network, (1, 28, 28), kid=not args.no_kid)
-        distances.set_reference(reference_statistics(datamodule, "test", distances, cache_dir))
+        distances = FeatureDistances(network, (1, 28, 28), kid=not args.no_kid, copying=copying)
+        stats = reference_statistics(datamodule, "test", distances, cache_dir)
+        distances.set_reference(stats)
+        if copying:
+            from genlit.metrics.copying import copying_sides
+
+            load = lambda split: reference_statistics(datamodule, split, distances, cache_dir)  # noqa: E731
+            distances.set_copying(*copying_sides(datamodule, "test", stats, load))
         return distances
 
     start = time.perf_counter()
-    fresh()
+    fresh(copying=args.copying)
     print(f"reference statistics (cold cache): {time.perf_counter() - start:.1f} s")
+    copying_times, copying_cold = [], None
+    if args.copying:
+        distances = fresh(copying=True)
+        with torch.no_grad():
+            generate_into(distances, model.sample, args.num_samples, args.batch_size)
+        start = time.perf_counter()
+        copied = distances.compute()
+        copying_cold = time.perf_counter() - start
 
     totals, cpu, sampling, featuring = [], [], [], []
     for _ in range(args.repeats):
@@ -66,6 +87,13 @@ def main() -> None:
         values = distances.compute()
         totals.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
+        if args.copying:
+            start = time.perf_counter()
+            distances = fresh(copying=True)
+            with torch.no_grad():
+                generate_into(distances, model.sample, args.num_samples, args.batch_size)
+            copied = distances.compute()
+            copying_times.append(time.perf_counter() - start)
 
         with torch.no_grad():
             start = time.perf_counter()
@@ -94,6 +122,18 @@ def main() -> None:
     )
     print(f"| of which generation | {statistics.median(sampling):.2f} | |")
     print(f"| of which MNIST features | {statistics.median(featuring):.2f} | |")
+    if args.copying:
+        extra = [c - t for c, t in zip(copying_times, totals, strict=True)]
+        print(
+            f"| the same evaluation with the copying figures | {statistics.median(copying_times):.2f} | "
+            f"{', '.join(f'{t:.2f}' for t in copying_times)} |"
+        )
+        print(
+            f"| of which the copying figures (difference, paired) | {statistics.median(extra):.2f} | "
+            f"{', '.join(f'{t:.2f}' for t in extra)} |"
+        )
+        print(f"| their held-out side, cold (once per dataset, then cached) | {copying_cold:.2f} | |")
+        print(f"copying figures of the untrained generator: C_T {copied['c_t']:.2f}, ratio {copied['nn_ratio']:.3f}")
 
 
 if __name__ == "__main__":

@@ -142,8 +142,9 @@ def test_bad_input_gets_one_clear_line(digit_features):
         def copying_members(self):
             return None
 
-    train, held, members, others = copying_sides(NoTestSplit(), "test", stats, lambda split: stats, NoState())
+    train, held, members, others, cache = copying_sides(NoTestSplit(), "test", stats, lambda split: stats, NoState())
     assert members is None and others is None and len(train) == len(held) == 100
+    assert cache is None  # statistics never saved: nothing to name a cache file after
 
 
 def test_to_uint8_round_trip_keeps_copies_exact(digit_features):
@@ -153,3 +154,46 @@ def test_to_uint8_round_trip_keeps_copies_exact(digit_features):
     with torch.no_grad():
         exact = network(to_uint8(images[:50].float() / 127.5 - 1))
     torch.testing.assert_close(exact, features[:50])
+
+
+def test_the_held_out_side_is_cached_and_a_second_metric_gives_the_same_figures(digit_features, tmp_path):
+    _, _, features = digit_features
+    train, held, samples = features[:1000], features[1000:1400], features[1400:]
+    paths = []
+
+    def cache_file(cells):
+        paths.append(tmp_path / f"held-{cells}.pt")
+        return paths[-1]
+
+    first = Copying(train, held, cache_file=cache_file)
+    first.update(samples)
+    cold = first.compute()
+    assert paths and paths[-1].is_file()
+    second = Copying(train, held, cache_file=cache_file)
+    second.update(samples)
+    import genlit.metrics.copying as copying
+
+    calls = []
+    original = copying.kmeans_cells
+    copying.kmeans_cells = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        warm = second.compute()
+    finally:
+        copying.kmeans_cells = original
+    assert calls == []  # read from the file, not fitted again
+    assert warm == cold
+    # A file of other sizes (other data) is a miss, not a wrong answer.
+    third = Copying(train[:900], held, cache_file=cache_file)
+    third.update(samples)
+    assert third.compute()["c_t_cells"] >= 1
+
+
+def test_one_pass_search_matches_the_two_searches(digit_features):
+    _, _, features = digit_features
+    from genlit.metrics.copying import nearest_both
+
+    euclid, index, cosine = nearest_both(features[1400:], features[:1000])
+    want, want_index = nearest(features[1400:], features[:1000])
+    torch.testing.assert_close(euclid, want, rtol=1e-4, atol=1e-4)
+    assert (index == want_index).float().mean() > 0.99  # ties aside
+    torch.testing.assert_close(cosine, nearest(features[1400:], features[:1000], cosine=True)[0], rtol=1e-4, atol=1e-5)

@@ -87,4 +87,5 @@ def test_precision_recall_class_coverage_and_copying_under_ddp_equal_one_process
     # half the bank is training images themselves: C_T is a real (finite) z, not NaN
     assert one["c_t"] == one["c_t"] and one["closer_share"] > 0.3
     for key, value in two.items():  # the gathered samples are the same set: the same values
-        assert value == pytest.approx(one[key], abs=1e-6), key
+        # (distances from float32 products: equal to float32's precision, not bit for bit)
+        assert value == pytest.approx(one[key], abs=1e-6, rel=1e-5), key

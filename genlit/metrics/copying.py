@@ -58,6 +58,7 @@ __all__ = [
     "mifid",
     "training_images",
     "nearest",
+    "nearest_both",
 ]
 
 MIFID_THRESHOLD = 0.1
@@ -118,6 +119,31 @@ def nearest(queries: Tensor, reference: Tensor, cosine: bool = False) -> tuple[T
     return torch.cat(found), torch.cat(where)
 
 
+def nearest_both(queries: Tensor, reference: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`nearest` in both distances from one matrix product per chunk: the Euclidean
+    distance and index of the nearest reference point, and the smallest ``1 - |cos|``.
+
+    ``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b`` and ``cos = a.b / (|a| |b|)`` share the products,
+    the costly part; the Euclidean distances are accumulated in float64 from them (float32
+    cancellation would blur the distances of near-copies).
+    """
+    queries, reference = queries.float(), reference.float().to(queries.device)
+    ref_sq = reference.double().pow(2).sum(dim=1)  # (M,)
+    ref_norm = ref_sq.sqrt().clamp_min(1e-12).float()
+    rows = max(1, _ELEMENTS // max(1, len(reference)))
+    euclid, where, cosine = [], [], []
+    for chunk in queries.split(rows):
+        dots = chunk @ reference.T  # (rows, M)
+        sq = chunk.double().pow(2).sum(dim=1, keepdim=True)  # (rows, 1)
+        d2 = (sq + ref_sq[None] - 2 * dots.double()).clamp_min_(0)
+        best, index = d2.min(dim=1)
+        euclid.append(best.sqrt().float())
+        where.append(index)
+        norms = sq.sqrt().clamp_min(1e-12).float()
+        cosine.append(1.0 - (dots / norms / ref_norm[None]).abs_().amax(dim=1))
+    return torch.cat(euclid), torch.cat(where), torch.cat(cosine)
+
+
 def memorization_distance(samples: Tensor, train: Tensor) -> float:
     """MiFID's memorization distance: mean over samples of the smallest ``1 - |cos|`` to ``train``."""
     return float(nearest(samples, train, cosine=True)[0].double().mean())
@@ -129,8 +155,14 @@ def default_cells(num_samples: int, num_held_out: int) -> int:
     return max(1, min(50, min(num_samples, num_held_out) // 200))
 
 
+KMEANS_POINTS = 10_000
+"""Training features the k-means is fitted to (a seeded draw when there are more): any
+partition fixed before the samples are seen makes a valid test, and this one costs seconds."""
+
+
 def kmeans_cells(train: Tensor, cells: int, seed: int = 0) -> Tensor:
-    """k-means centres ``(cells, d)`` of the training features (scikit-learn's, seeded)."""
+    """k-means centres ``(cells, d)`` of the training features (scikit-learn's, seeded; fitted
+    to at most :data:`KMEANS_POINTS` of them)."""
     from sklearn.cluster import KMeans
 
     if cells < 1:
@@ -139,8 +171,10 @@ def kmeans_cells(train: Tensor, cells: int, seed: int = 0) -> Tensor:
         raise GenlitError(
             f"C_T: {len(train)} training images cannot make {cells} k-means cells: lower copying_cells"
         )
-    data = train.detach().double().cpu().numpy()
-    model = KMeans(n_clusters=cells, n_init=3, random_state=seed).fit(data)
+    data = train.detach().float().cpu()
+    if len(data) > KMEANS_POINTS:
+        data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:KMEANS_POINTS]]
+    model = KMeans(n_clusters=cells, n_init=3, random_state=seed).fit(data.double().numpy())
     return torch.from_numpy(model.cluster_centers_).float()
 
 
@@ -241,8 +275,9 @@ class Copying(Metric):
 
     The real features are buffers, identical on every rank; the generated features a state
     that torchmetrics concatenates over DDP ranks at ``compute``, so every rank computes the
-    same figures from the same samples. The k-means cells and the held-out side of C_T are
-    computed at the first ``compute`` and reused.
+    same figures from the same samples. What does not depend on the samples (the k-means
+    cells, every held-out image's distances to the training set) is computed at the first
+    ``compute`` and reused, and with ``cache_file`` kept on disk for the next run.
 
     Args:
         train: Features of the training images ``(l, d)``.
@@ -254,6 +289,8 @@ class Copying(Metric):
             member test.
         non_members: Features of as many images the model does not hold (other training
             images, or held-out ones when the model holds every training image).
+        cache_file: Where the held-out side is kept, given the cell count: a function of it
+            (the caller's key names the two reference sets); ``None``: not kept.
     """
 
     full_state_update = False
@@ -267,6 +304,7 @@ class Copying(Metric):
         seed: int = 0,
         members: Tensor | None = None,
         non_members: Tensor | None = None,
+        cache_file: Callable[[int], Any] | None = None,
     ) -> None:
         super().__init__()
         if len(train) < 2 or len(held_out) < 2:
@@ -285,62 +323,104 @@ class Copying(Metric):
             "non_member_features", torch.zeros(0) if non_members is None else non_members.float(), persistent=False
         )
         self.cells, self.min_cell_samples, self.seed = cells, min_cell_samples, seed
+        self.cache_file = cache_file
         self.add_state("fake_features", [], dist_reduce_fx="cat")
-        self._held: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # centres + held_out_side
-        self._held_nearest: Tensor | None = None
-        self._held_memorization: float | None = None
+        self._held: dict[str, Tensor] | None = None
 
     def update(self, features: Tensor) -> None:
         self.fake_features.append(features.float())
 
-    def _held_out_terms(self, num_samples: int) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    def held_side(self, num_samples: int) -> dict[str, Tensor]:
+        """The sample-free part: ``centres``, ``train_cells``, ``held_cells``,
+        ``held_cell_distances`` (C_T), ``held_nearest`` and ``held_memorization`` (each held-out
+        image's nearest-training distances)."""
         cells = self.cells or default_cells(num_samples, len(self.held_out_features))
-        if self._held is None or len(self._held[0]) != cells:
-            if num_samples < cells:
-                raise GenlitError(
-                    f"C_T with {cells} k-means cells needs at least {cells} samples, got "
-                    f"{num_samples}: raise num_samples or lower copying_cells"
-                )
-            if len(self.held_out_features) < cells:
-                raise GenlitError(
-                    f"C_T with {cells} k-means cells needs at least {cells} held-out images, got "
-                    f"{len(self.held_out_features)}: lower copying_cells"
-                )
-            centres = kmeans_cells(self.train_features, cells, self.seed).to(self.train_features.device)
-            self._held = (centres, *held_out_side(self.held_out_features, self.train_features, centres))
-        return self._held[0], self._held[1:]
+        if num_samples < cells:
+            raise GenlitError(
+                f"C_T with {cells} k-means cells needs at least {cells} samples, got "
+                f"{num_samples}: raise num_samples or lower copying_cells"
+            )
+        if len(self.held_out_features) < cells:
+            raise GenlitError(
+                f"C_T with {cells} k-means cells needs at least {cells} held-out images, got "
+                f"{len(self.held_out_features)}: lower copying_cells"
+            )
+        if self._held is not None and len(self._held["centres"]) == cells:
+            return self._held
+        device = self.train_features.device
+        path = self.cache_file(cells) if self.cache_file is not None else None
+        held = _read_held(path, len(self.train_features), len(self.held_out_features), cells)
+        if held is None:
+            centres = kmeans_cells(self.train_features, cells, self.seed).to(device)
+            train_cells, held_cells, held_cell_distances = held_out_side(
+                self.held_out_features, self.train_features, centres
+            )
+            held_nearest, _, held_cosine = nearest_both(self.held_out_features, self.train_features)
+            held = {
+                "centres": centres, "train_cells": train_cells, "held_cells": held_cells,
+                "held_cell_distances": held_cell_distances, "held_nearest": held_nearest,
+                "held_memorization": held_cosine.double().mean(),
+            }  # fmt: skip
+            if path is not None:
+                _write_held(path, held)
+        self._held = {k: v.to(device) for k, v in held.items()}
+        return self._held
 
     def nearest_training(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """For features ``(n, d)``: the row of the nearest training feature, and the distance
         to it over the held-out images' median distance to the training set (1: as far as
-        real images; near 0: a copy)."""
-        if self._held_nearest is None:
-            self._held_nearest = nearest(self.held_out_features, self.train_features)[0]
+        real images; near 0: a copy). Call after a ``compute``."""
+        if self._held is None:
+            raise RuntimeError("nearest_training() after compute()")
         distances, rows = nearest(features.to(self.train_features.device), self.train_features)
-        return rows, distances / self._held_nearest.median().clamp_min(1e-12)
+        return rows, distances / self._held["held_nearest"].median().clamp_min(1e-12)
 
     def compute(self) -> dict[str, float]:
         samples = dim_zero_cat(self.fake_features)
         if len(samples) < 2:
             raise GenlitError("data-copying figures need at least 2 samples")
-        if self._held_nearest is None:
-            self._held_nearest = nearest(self.held_out_features, self.train_features)[0]
-            self._held_memorization = memorization_distance(self.held_out_features, self.train_features)
-        to_train = nearest(samples, self.train_features)[0]
-        held = self._held_nearest.double()
-        ratio = float(to_train.double().median() / held.median().clamp_min(1e-12))
-        closer = float((to_train.double() < torch.quantile(held, 0.05)).double().mean())
-        centres, terms = self._held_out_terms(len(samples))
+        held = self.held_side(len(samples))
+        to_train, _, cosine = nearest_both(samples, self.train_features)
+        reference = held["held_nearest"].double()
+        ratio = float(to_train.double().median() / reference.median().clamp_min(1e-12))
+        closer = float((to_train.double() < torch.quantile(reference, 0.05)).double().mean())
+        terms = (held["train_cells"], held["held_cells"], held["held_cell_distances"])
         c_t, counted = c_t_statistic(
-            samples, self.held_out_features, self.train_features, centres, self.min_cell_samples, terms
-        )
+            samples, self.held_out_features, self.train_features, held["centres"],
+            self.min_cell_samples, terms,
+        )  # fmt: skip
         values = CopyingStats(
-            ratio, closer, c_t, counted, memorization_distance(samples, self.train_features),
-            self._held_memorization,
+            ratio, closer, c_t, counted, float(cosine.double().mean()), float(held["held_memorization"])
         )._asdict()
         if len(self.member_features):
             values["member_share"] = member_share(samples, self.member_features, self.non_member_features)
         return values
+
+
+def _read_held(path: Any, num_train: int, num_held: int, cells: int) -> dict[str, Tensor] | None:
+    """The cached held-out side, or None (no file, unreadable, or of other sizes)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        held = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable cache file is a cache miss
+        return None
+    sizes = (len(held.get("train_cells", ())), len(held.get("held_nearest", ())), len(held.get("centres", ())))
+    return held if sizes == (num_train, num_held, cells) else None
+
+
+def _write_held(path: Any, held: dict[str, Tensor]) -> None:
+    """Writes atomically: a partial file never looks like a cache hit; a folder that cannot
+    be written only costs the next run the computation."""
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({k: v.cpu() for k, v in held.items()}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def training_images(datamodule: Any, rows: Tensor) -> Tensor:
@@ -388,9 +468,10 @@ def copying_sides(
     load: Callable[[str], Any],
     model: Any = None,
     seed: int = 0,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The real sides of :class:`Copying` for a run: training and held-out features, and the
-    member test's images where ``model`` holds state per training image.
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Callable[[int], Any] | None]:
+    """The real sides of :class:`Copying` for a run: training and held-out features, the
+    member test's images where ``model`` holds state per training image, and where the
+    held-out side is cached (next to the reference statistics, named by both files).
 
     Args:
         datamodule: The run's datamodule.
@@ -403,7 +484,8 @@ def copying_sides(
         seed: Picks the non-member images.
 
     Returns:
-        ``(train, held_out, members, non_members)`` for :meth:`FeatureDistances.set_copying`.
+        ``(train, held_out, members, non_members, cache_file)`` for
+        :meth:`FeatureDistances.set_copying`.
 
     Raises:
         GenlitError: no held-out split, or a model whose member images cannot be found.
@@ -426,10 +508,11 @@ def copying_sides(
         raise GenlitError("the reference statistics were saved without features")
     if len(held.features) < 2:
         raise GenlitError(f"the held-out split has {len(held.features)} image(s): the copying figures need 2 or more")
+    cache = held_cache(train, held, seed)
     ask = getattr(model, "copying_members", None)
     positions = ask() if callable(ask) else None
     if positions is None:
-        return train.features, held.features, None, None
+        return train.features, held.features, None, None, cache
     train_positions = real_positions(datamodule, "train")
     if len(train_positions) != len(train.features):
         raise GenlitError("the training split gave positions and features of different lengths")
@@ -446,4 +529,21 @@ def copying_sides(
     count = min(len(members), len(pool))
     members = members[torch.randperm(len(members), generator=rng)[:count]]
     non_members = pool[torch.randperm(len(pool), generator=rng)[:count]]
-    return train.features, held.features, members, non_members
+    return train.features, held.features, members, non_members, cache
+
+
+def held_cache(train: Any, held: Any, seed: int = 0) -> Callable[[int], Any] | None:
+    """``cells -> path`` of the cached held-out side of two reference statistics files (in
+    their folder); ``None`` when either was never saved."""
+    import hashlib
+    from pathlib import Path
+
+    if train.path is None or held.path is None:
+        return None
+    folder, names = Path(train.path).parent, f"{Path(train.path).name}|{Path(held.path).name}|{seed}"
+
+    def path(cells: int) -> Path:
+        digest = hashlib.sha256(f"{names}|{cells}|{KMEANS_POINTS}".encode()).hexdigest()[:16]
+        return folder / f"copying-{cells}cells-{digest}.pt"
+
+    return path

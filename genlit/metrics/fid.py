@@ -617,6 +617,7 @@ class FeatureDistances(nn.Module):
         held_out: Tensor,
         members: Tensor | None = None,
         non_members: Tensor | None = None,
+        cache_file: Callable[[int], Any] | None = None,
     ) -> None:
         """Gives the data-copying figures their real sides.
 
@@ -626,12 +627,13 @@ class FeatureDistances(nn.Module):
             members: Indices into ``train`` of the images the model holds state for (the
                 member test); ``None``: no member test.
             non_members: Features of as many images the model does not hold.
+            cache_file: Where the held-out side is kept (``cells -> path``), or ``None``.
         """
         from genlit.metrics.copying import Copying
 
         self.copying = Copying(
             train.to(self.fid.device), held_out.to(self.fid.device),
-            members=members, non_members=non_members, **self._copying_args,
+            members=members, non_members=non_members, cache_file=cache_file, **self._copying_args,
         ).to(self.fid.device)  # fmt: skip
 
     def _build_kid(self, reference: Tensor) -> None:
