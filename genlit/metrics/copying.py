@@ -120,28 +120,38 @@ def nearest(queries: Tensor, reference: Tensor, cosine: bool = False) -> tuple[T
 
 
 def nearest_both(queries: Tensor, reference: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`nearest` in both distances from one matrix product per chunk: the Euclidean
+    """:func:`nearest` in both distances from one matrix product per tile: the Euclidean
     distance and index of the nearest reference point, and the smallest ``1 - |cos|``.
 
-    ``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b`` and ``cos = a.b / (|a| |b|)`` share the products,
-    the costly part; the Euclidean distances are accumulated in float64 from them (float32
-    cancellation would blur the distances of near-copies).
+    The nearest point minimises ``|b|^2 - 2 a.b`` and the cosine is ``a.b / (|a| |b|)``, so
+    both come from the products ``a.b``, the costly part. Tiles of queries by reference
+    points are small enough to stay in cache for the passes after the product; the distance
+    to the point found is then computed directly (products of large norms would blur the
+    distance of a near-copy).
     """
     queries, reference = queries.float(), reference.float().to(queries.device)
-    ref_sq = reference.double().pow(2).sum(dim=1)  # (M,)
-    ref_norm = ref_sq.sqrt().clamp_min(1e-12).float()
-    rows = max(1, _ELEMENTS // max(1, len(reference)))
-    euclid, where, cosine = [], [], []
+    ref_sq = reference.pow(2).sum(dim=1)  # (M,)
+    ref_inv = ref_sq.sqrt().clamp_min(1e-12).reciprocal()
+    rows, cols = 1024, 2048  # 8 MiB tiles: the fastest of those measured on a 2-core CPU
+    best_index, best_cos = [], []
     for chunk in queries.split(rows):
-        dots = chunk @ reference.T  # (rows, M)
-        sq = chunk.double().pow(2).sum(dim=1, keepdim=True)  # (rows, 1)
-        d2 = (sq + ref_sq[None] - 2 * dots.double()).clamp_min_(0)
-        best, index = d2.min(dim=1)
-        euclid.append(best.sqrt().float())
-        where.append(index)
-        norms = sq.sqrt().clamp_min(1e-12).float()
-        cosine.append(1.0 - (dots / norms / ref_norm[None]).abs_().amax(dim=1))
-    return torch.cat(euclid), torch.cat(where), torch.cat(cosine)
+        score = torch.full((len(chunk),), math.inf, device=chunk.device)
+        index = torch.zeros(len(chunk), dtype=torch.long, device=chunk.device)
+        cos = torch.zeros(len(chunk), device=chunk.device)
+        for start in range(0, len(reference), cols):
+            block = slice(start, start + cols)
+            tile = torch.addmm(ref_sq[block], chunk, reference[block].T, alpha=-2)  # |b|^2 - 2 a.b
+            tile_score, tile_index = tile.min(dim=1)
+            better = tile_score < score
+            score = torch.where(better, tile_score, score)
+            index = torch.where(better, tile_index + start, index)
+            low, high = tile.sub_(ref_sq[block]).mul_(ref_inv[block]).aminmax(dim=1)  # -2 a.b / |b|
+            cos = torch.maximum(cos, torch.maximum(-low, high) / 2)  # max |a.b| / |b|
+        best_index.append(index)
+        best_cos.append(cos / chunk.norm(dim=1).clamp_min(1e-12))
+    index = torch.cat(best_index)
+    distance = (queries.double() - reference[index].double()).norm(dim=1).float()
+    return distance, index, 1.0 - torch.cat(best_cos)
 
 
 def memorization_distance(samples: Tensor, train: Tensor) -> float:
