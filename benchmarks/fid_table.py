@@ -6,8 +6,10 @@ Each (dataset, model) trains from its config in ``configs/DATASET/MODEL.yaml`` f
 ``n_critic`` updates per generator update on top; GLANN takes as many whole GLO epochs as fit
 in them, then ``IMLE_EPOCHS`` epochs of its small mapper). Its final weights are then measured with
 ``genlit evaluate``'s code: ``--num_samples`` samples against the test split (the training
-digits for ``digits``), with the dataset's own genlit feature network. The numbers compare the
-rows of one table; they are not Inception FIDs.
+digits for ``digits``), with the dataset's own genlit feature network, and beside it the
+data-copying figures against the training split (:mod:`genlit.metrics.copying`: C_T, well
+below 0 for copying, and the nearest-training ratio, 1 for real images). The numbers compare
+the rows of one table; they are not Inception FIDs.
 
     python benchmarks/fid_table.py --data-root ../shared/data --jobs 2     # the table, 2 CPU cores
     python benchmarks/fid_table.py --data-root DATA --budget 10 --device cuda  # longer, on a GPU
@@ -131,6 +133,7 @@ def measure(dataset: str, model: str, ckpt: Path, args: argparse.Namespace):
         device=args.device,
         seed=args.seed,
         cache_dir=args.cache_dir,
+        copying=True,
     )
 
 
@@ -145,10 +148,11 @@ def run_one(dataset: str, model: str, steps: int, args: argparse.Namespace, quie
     result = measure(dataset, model, ckpt, args)
     minutes = (time.perf_counter() - start) / 60
     kid = f"{result.kid_mean:.3g} ± {result.kid_std:.2g}" if result.kid_mean is not None else "-"
-    log(f"{dataset} {model}: FID {result.fid:.2f} (train {train_minutes:.1f} min)")
+    copied = result.copying
+    log(f"{dataset} {model}: FID {result.fid:.2f}, C_T {copied['c_t']:.2f} (train {train_minutes:.1f} min)")
     return (
-        f"| {dataset} | {NAMES[model]} | {steps} | {result.fid:.2f} | {kid} | "
-        f"{train_minutes:.1f} | {minutes:.1f} |"
+        f"| {dataset} | {NAMES[model]} | {steps} | {result.fid:.2f} | {kid} | {copied['c_t']:.2f} | "
+        f"{copied['nn_ratio']:.3f} | {train_minutes:.1f} | {minutes:.1f} |"
     )
 
 
@@ -204,8 +208,8 @@ def main() -> None:
         f"on {args.device}; whole table {total:.1f} min."
     )
     print("Genlit feature networks: compare rows of this table only, never with Inception FIDs.\n")
-    print("| dataset | model | generator steps | FID | KID | train min | total min |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| dataset | model | generator steps | FID | KID | C_T | NN ratio | train min | total min |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 

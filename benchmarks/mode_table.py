@@ -9,7 +9,8 @@ final weights are then measured:
 * MNIST: ``--num_samples`` samples against the test split: FID, precision, recall, density
   and coverage in genlit's MNIST classifier features, and the class coverage (classes covered
   by at least 1% of the samples, KL to the test labels' histogram, share of samples
-  classified with probability >= 0.9).
+  classified with probability >= 0.9), and the data-copying figures against the training
+  split (C_T and the nearest-training ratio, :mod:`genlit.metrics.copying`).
 * Stacked MNIST: 26,000 samples (PacGAN's protocol): modes covered out of 1,000 (one sample
   suffices), KL to the uniform histogram, confident share (product of the three channels'
   top probabilities >= 0.9).
@@ -54,10 +55,11 @@ def measure(dataset: str, model: str, ckpt: Path, args: argparse.Namespace, seed
         result = evaluate(
             datamodule, model=network, features="mnist", num_samples=args.num_samples,
             split="test", kid=False, device=args.device, seed=seed, cache_dir=args.cache_dir,
-            precision_recall=True, classes="mnist",
+            precision_recall=True, classes="mnist", copying=True,
         )  # fmt: skip
         return dict(fid=result.fid, **result.manifold, classes=result.classes.classes,
-                    kl=result.classes.kl, confident=result.classes.confident)  # fmt: skip
+                    kl=result.classes.kl, confident=result.classes.confident,
+                    c_t=result.copying["c_t"], nn_ratio=result.copying["nn_ratio"])  # fmt: skip
     counter = ClassCounter("mnist", stacked=True).to(args.device)
     network = network.to(args.device).eval()
     torch.manual_seed(seed)
@@ -119,13 +121,14 @@ def main() -> None:
           f"{args.threads} thread(s) each, on {args.device}; {total:.1f} min in all.")
     if "mnist" in args.datasets:
         print(f"\nMNIST, {args.num_samples} samples vs the 10,000 test images, genlit MNIST classifier:\n")
-        print("| model | FID | precision | recall | density | coverage | classes | KL | confident |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| model | FID | precision | recall | density | coverage | classes | KL | confident | C_T | NN ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for model in args.models:
             rows = [r for r in results if r["dataset"] == "mnist" and r["model"] == model]
             print(f"| {NAMES[model]} | {spread(rows, 'fid', 1)} | {spread(rows, 'precision', 3)} | "
                   f"{spread(rows, 'recall', 3)} | {spread(rows, 'density', 3)} | {spread(rows, 'coverage', 3)} | "
-                  f"{spread(rows, 'classes', 1)} | {spread(rows, 'kl', 3)} | {spread(rows, 'confident', 3)} |")
+                  f"{spread(rows, 'classes', 1)} | {spread(rows, 'kl', 3)} | {spread(rows, 'confident', 3)} | "
+                  f"{spread(rows, 'c_t', 2)} | {spread(rows, 'nn_ratio', 3)} |")
     if "stacked_mnist" in args.datasets:
         print(f"\nStacked MNIST, {STACKED_SAMPLES} samples, modes out of 1,000:\n")
         print("| model | modes | KL to uniform | confident |")
