@@ -197,3 +197,42 @@ def test_one_pass_search_matches_the_two_searches(digit_features):
     torch.testing.assert_close(euclid, want, rtol=1e-4, atol=1e-4)
     assert (index == want_index).float().mean() > 0.99  # ties aside
     torch.testing.assert_close(cosine, nearest(features[1400:], features[:1000], cosine=True)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_the_member_sides_come_from_the_models_positions(tmp_path):
+    from genlit.metrics.fid import FeatureDistances, reference_statistics
+
+    datamodule = Digits(image_size=16, batch_size=256, val_fraction=0.1, indices=True)
+    distances = FeatureDistances(load_features("digits"), (1, 16, 16), kid=False, copying=True)
+
+    def load(split):
+        return reference_statistics(datamodule, split, distances, tmp_path)
+
+    reference = load("train")
+
+    class Holds:
+        def __init__(self, positions):
+            self.positions = positions
+
+        def copying_members(self):
+            return self.positions
+
+    from genlit.metrics.fid import real_positions
+
+    positions = real_positions(datamodule, "train")
+    assert len(positions) == 1617 and len(set(positions.tolist())) == 1617
+    # A model holding 300 training images: 300 members against 300 other training images.
+    train, held, members, others, cache = copying_sides(datamodule, "train", reference, load, Holds(positions[:300]))
+    assert len(members) == len(others) == 300
+    assert set(members.tolist()) == set(range(300))  # rows of those images in the training features
+    # A model holding every training image: the held-out images are the non-members.
+    _, held, members, others, _ = copying_sides(datamodule, "train", reference, load, Holds(positions))
+    assert len(members) == len(others) == len(held) == 180
+    assert cache is not None and cache(3).parent == tmp_path
+    # Positions of another dataset: one clear line.
+    with pytest.raises(GenlitError, match="holds no image of this training split"):
+        copying_sides(datamodule, "train", reference, load, Holds(torch.tensor([10**6])))
+    # A datamodule without positions: the line names the switch.
+    plain = Digits(image_size=16, batch_size=256, val_fraction=0.1)
+    with pytest.raises(GenlitError, match="indices: true"):
+        copying_sides(plain, "train", reference, load, Holds(positions[:10]))

@@ -298,7 +298,7 @@ class Copying(Metric):
         members: Indices into ``train`` of the images the model holds state for; ``None``: no
             member test.
         non_members: Features of as many images the model does not hold (other training
-            images, or held-out ones when the model holds every training image).
+            images, or held-out ones when fewer other training images are left).
         cache_file: Where the held-out side is kept, given the cell count: a function of it
             (the caller's key names the two reference sets); ``None``: not kept.
     """
@@ -535,7 +535,9 @@ def copying_sides(
         )
     rng = torch.Generator().manual_seed(seed)
     others = (~held_rows).nonzero().flatten()
-    pool = train.features[others] if len(others) else held.features  # every training image held
+    # Fewer other training images than members (the model holds nearly all of them): held-out
+    # images, from the same distribution and as unseen, make the larger comparison.
+    pool = train.features[others] if len(others) >= min(len(members), len(held.features)) else held.features
     count = min(len(members), len(pool))
     members = members[torch.randperm(len(members), generator=rng)[:count]]
     non_members = pool[torch.randperm(len(pool), generator=rng)[:count]]
