@@ -245,3 +245,34 @@ def test_genlit_checkpoints_imports_first():
     for module in ("genlit.checkpoints", "genlit.models.aeot_gan", "genlit.evaluate"):
         result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_map_knows_its_codes_images_and_the_member_test_sees_them(tmp_path):
+    from genlit.evaluate import evaluate
+    from genlit.metrics.fid import real_positions
+
+    torch.manual_seed(0)
+    model = AEOT(*_pair(), **QUICK_OT)
+    trainer = _trainer(tmp_path, batches=4)
+    data = Digits(image_size=8, batch_size=32, val_fraction=0.1, indices=True)
+    trainer.fit(model, data)
+    positions = model.copying_members()
+    assert positions is not None and len(positions) == 96  # the 96 codes' training images
+    assert set(positions.tolist()) <= set(real_positions(data, "train").tolist())
+    path = tmp_path / "aeot.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)
+    loaded = AEOT.load_from_checkpoint(path, encoder=_pair()[0], decoder=_pair()[1])
+    assert torch.equal(loaded.copying_members(), positions)
+    result = evaluate(data, model=loaded, features="digits", num_samples=200, split="train",
+                      kid=False, cache_dir=tmp_path / "cache", member_test=True)  # fmt: skip
+    assert 0.0 <= result.copying["member_share"] <= 1.0
+    # Without positions in the batches the map cannot say, and the member test says so.
+    model = AEOT(*_pair(), **QUICK_OT)
+    _trainer(tmp_path, batches=4).fit(model, _digits())
+    assert model.copying_members() is None
+    with pytest.raises(GenlitError, match="recorded no training positions.*indices: true"):
+        evaluate(_digits(), model=model, features="digits", num_samples=200, split="train",
+                 kid=False, cache_dir=tmp_path / "cache", member_test=True)  # fmt: skip
+    with pytest.raises(GenlitError, match="AE holds no state per training image"):
+        evaluate(_digits(), model=AE(*_pair()), features="digits", num_samples=200, split="train",
+                 kid=False, cache_dir=tmp_path / "cache", member_test=True)  # fmt: skip
