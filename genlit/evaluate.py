@@ -278,9 +278,9 @@ def evaluate(
     manifold = {k: values[k] for k in ("precision", "recall", "density", "coverage") if k in values}
     copied = None
     if copying:
-        from genlit.metrics.copying import CopyingStats
+        from genlit.metrics.copying import FIGURES
 
-        names = (*CopyingStats._fields, "mifid", "member_share")
+        names = (*FIGURES, "mifid", "member_share")
         copied = {k: values[k] for k in names if k in values}
         if neighbours is not None:
             _save_neighbours(distances, datamodule, model, images, stats, Path(neighbours), seed, device)

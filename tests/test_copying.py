@@ -236,3 +236,9 @@ def test_the_member_sides_come_from_the_models_positions(tmp_path):
     plain = Digits(image_size=16, batch_size=256, val_fraction=0.1)
     with pytest.raises(GenlitError, match="indices: true"):
         copying_sides(plain, "train", reference, load, Holds(positions[:10]))
+
+
+def test_the_figures_names_are_the_stats_fields():
+    from genlit.metrics.copying import FIGURES, CopyingStats
+
+    assert tuple(CopyingStats.__annotations__) == FIGURES

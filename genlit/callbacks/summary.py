@@ -23,7 +23,8 @@ class RunSummary(Callback):
         measured = {k: (float(v), None) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         for evaluation in latest_evaluations(trainer):
             measured.update({k: (v, evaluation.step) for k, v in evaluation.metrics.items()})
-        for key, (value, at) in sorted(measured.items()):
+        # The headline first, then the rest in name order.
+        for key, (value, at) in sorted(measured.items(), key=lambda item: (item[0] != "val/fid", item[0])):
             when = "" if at is None or at == step else f"   (at generator step {at})"
             lines.append(f"  {key:<20} {value:.4g}{when}")
         folder = run_dir(trainer)

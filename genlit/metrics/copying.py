@@ -48,6 +48,7 @@ from genlit.errors import GenlitError
 __all__ = [
     "Copying",
     "CopyingStats",
+    "FIGURES",
     "c_t_statistic",
     "copying_sides",
     "default_cells",
@@ -65,6 +66,10 @@ MIFID_THRESHOLD = 0.1
 """MiFID's memorization threshold (Bai et al. 2021; torchmetrics' ``cosine_distance_eps``)."""
 
 _ELEMENTS = 1 << 24  # distance-matrix entries computed at once (64 MiB of float32)
+
+
+FIGURES = ("nn_ratio", "closer_share", "c_t", "c_t_cells", "memorization", "memorization_held_out")
+"""The names of :class:`CopyingStats`' fields, in order (the keys the metric returns)."""
 
 
 class CopyingStats(NamedTuple):
@@ -399,9 +404,10 @@ class Copying(Metric):
             samples, self.held_out_features, self.train_features, held["centres"],
             self.min_cell_samples, terms,
         )  # fmt: skip
-        values = CopyingStats(
+        stats = CopyingStats(
             ratio, closer, c_t, counted, float(cosine.double().mean()), float(held["held_memorization"])
-        )._asdict()
+        )
+        values = dict(zip(FIGURES, stats, strict=True))
         if len(self.member_features):
             values["member_share"] = member_share(samples, self.member_features, self.non_member_features)
         return values
