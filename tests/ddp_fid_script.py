@@ -66,6 +66,7 @@ def measure(devices: int, cache: str) -> tuple[float, ...] | None:
     trainer = Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
         logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+        default_root_dir=cache,  # the nearest-neighbour picture goes there, not into the checkout
         callbacks=[FID(features="digits", num_samples=BANK, split="train", batch_size=64,
                        kid_subsets=10, kid_subset_size=100, cache_dir=cache, precision_recall=True),
                    ClassCoverage(classifier="digits", num_samples=BANK, split="train", batch_size=64)],
