@@ -352,21 +352,26 @@ def real_batches(
         yield to_uint8(batch_data(batch))
 
 
+def _batch_element(datamodule: Any, split: str, position: int, missing: str) -> Tensor:
+    """Element ``position`` of every batch of ``datamodule``'s split, as int64 ``(N,)`` in order;
+    ``missing`` completes the error when the batches lack it."""
+    parts = []
+    for batch in _split_batches(datamodule, split, "cpu"):
+        if not isinstance(batch, (list, tuple)) or len(batch) <= position or not torch.is_tensor(batch[position]):
+            raise GenlitError(f"the {split} batches of {type(datamodule).__name__} carry no {missing}")
+        parts.append(batch[position].long().cpu())
+    return torch.cat(parts)
+
+
 def real_labels(datamodule: Any, split: str) -> Tensor:
     """The labels of ``datamodule``'s split, int64 ``(N,)``, in order.
 
     Raises:
         GenlitError: the batches carry no labels (``(images, labels)`` is expected).
     """
-    labels = []
-    for batch in _split_batches(datamodule, split, "cpu"):
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not torch.is_tensor(batch[1]):
-            raise GenlitError(
-                f"the {split} batches of {type(datamodule).__name__} carry no labels: class "
-                "coverage needs (images, labels) batches, or reference=uniform"
-            )
-        labels.append(batch[1].long().cpu())
-    return torch.cat(labels)
+    return _batch_element(
+        datamodule, split, 1, "labels: class coverage needs (images, labels) batches, or reference=uniform"
+    )
 
 
 def real_positions(datamodule: Any, split: str) -> Tensor:
@@ -376,15 +381,9 @@ def real_positions(datamodule: Any, split: str) -> Tensor:
     Raises:
         GenlitError: the batches carry no positions.
     """
-    positions = []
-    for batch in _split_batches(datamodule, split, "cpu"):
-        if not isinstance(batch, (list, tuple)) or len(batch) < 3 or not torch.is_tensor(batch[2]):
-            raise GenlitError(
-                f"the {split} batches of {type(datamodule).__name__} carry no image positions: "
-                "the member test needs them (data.init_args.indices: true)"
-            )
-        positions.append(batch[2].long().cpu())
-    return torch.cat(positions)
+    return _batch_element(
+        datamodule, split, 2, "image positions: the member test needs them (data.init_args.indices: true)"
+    )
 
 
 def reference_statistics(
